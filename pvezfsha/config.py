@@ -1,0 +1,312 @@
+"""Load and validate /etc/pvezfsha/pvezfsha.toml.
+
+Validation happens in full before any other code runs: an error names the
+file, the key and what is wrong, and the command exits 2 with nothing touched.
+Every key is documented in packaging/pvezfsha.toml.example.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pvezfsha.errors import ConfigError
+
+DEFAULT_PATH = "/etc/pvezfsha/pvezfsha.toml"
+
+# Send flags that lzc_send understands. "raw" is decided per dataset (see
+# Options.raw) so it is not accepted here.
+SEND_FLAGS = ("large_blocks", "embedded_data", "compress")
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
+_DURATION_UNITS = {None: 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.I)
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+# ZFS component names, no snapshot or bookmark part, and nothing a shell or
+# ssh could interpret.
+_DATASET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*(/[A-Za-z0-9_.:-]+)*$")
+_PREFIX = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,31}$")
+_NODE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+_ADDRESS = re.compile(r"^[A-Za-z0-9.:%\[\]-]+$")
+
+
+def parse_duration(text: str | int | float) -> float:
+    """'10m' -> 600.0; a bare number is seconds."""
+    if isinstance(text, bool):
+        raise ValueError("expected a duration such as '30s', '10m' or '2h'")
+    if isinstance(text, (int, float)):
+        if text < 0:
+            raise ValueError("must not be negative")
+        return float(text)
+    m = _DURATION.match(str(text))
+    if not m:
+        raise ValueError(f"{text!r} is not a duration such as '30s', '10m' or '2h'")
+    return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+
+
+def parse_rate(text: str | int) -> int:
+    """'50M' -> bytes per second (binary units); '' or 0 means unlimited."""
+    if isinstance(text, bool):
+        raise ValueError("expected a rate such as '50M'")
+    if isinstance(text, int):
+        if text < 0:
+            raise ValueError("must not be negative")
+        return text
+    if str(text).strip() == "":
+        return 0
+    m = _SIZE.match(str(text))
+    if not m:
+        raise ValueError(f"{text!r} is not a rate such as '50M' (bytes per second)")
+    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+
+
+def check_dataset_name(name: str) -> str:
+    if not isinstance(name, str) or not _DATASET.match(name) or len(name) > 200:
+        raise ValueError(f"{name!r} is not a ZFS dataset name such as 'tank/media'")
+    return name
+
+
+@dataclass(frozen=True)
+class Options:
+    """Replication options; [defaults] with per-container overrides."""
+
+    max_staleness: float = 1800.0
+    on_stale: str = "refuse"
+    keep: int = 144
+    bandwidth_limit: int = 0
+    snapshot_prefix: str = "pvezfsha"
+    send_flags: tuple[str, ...] = SEND_FLAGS
+    raw: str = "auto"  # auto: raw exactly when the dataset is encrypted
+    ssh_connect_timeout: float = 10.0
+    stall_timeout: float = 300.0
+
+
+@dataclass(frozen=True)
+class DatasetMap:
+    """One protected dataset; `name` everywhere unless a node overrides it."""
+
+    name: str
+    per_node: dict[str, str] = field(default_factory=dict)
+
+    def on(self, node: str) -> str:
+        return self.per_node.get(node, self.name)
+
+
+@dataclass(frozen=True)
+class Container:
+    ctid: int
+    datasets: tuple[DatasetMap, ...]
+    nodes: tuple[str, ...]
+    options: Options
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str
+    interval: float
+    defaults: Options
+    containers: dict[int, Container]
+    addresses: dict[str, str]  # node -> address override
+    ssh_user: str = "root"
+    ssh_port: int = 22
+
+    def container(self, ctid: int) -> Container | None:
+        return self.containers.get(ctid)
+
+
+_OPTION_KEYS = {
+    "max_staleness": lambda v: parse_duration(v),
+    "on_stale": lambda v: _choice(v, ("refuse", "warn")),
+    "keep": lambda v: _int_range(v, 1, 100_000),
+    "bandwidth_limit": lambda v: parse_rate(v),
+    "snapshot_prefix": lambda v: _match(v, _PREFIX, "a name of letters, digits and '-' (max 32)"),
+    "send_flags": lambda v: _send_flags(v),
+    "raw": lambda v: _choice("auto" if v == "auto" else {True: "always", False: "never"}.get(v, v),
+                             ("auto", "always", "never")),
+    "ssh_connect_timeout": lambda v: _positive(parse_duration(v)),
+    "stall_timeout": lambda v: _positive(parse_duration(v)),
+}
+_DEFAULTS_KEYS = set(_OPTION_KEYS) | {"interval", "ssh_user", "ssh_port"}
+_CONTAINER_KEYS = set(_OPTION_KEYS) | {"ctid", "datasets", "nodes"}
+
+
+def _choice(v, allowed):
+    if v not in allowed:
+        raise ValueError(f"{v!r} is not one of {', '.join(map(repr, allowed))}")
+    return v
+
+
+def _int_range(v, lo, hi):
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise ValueError(f"{v!r} is not an integer between {lo} and {hi}")
+    return v
+
+
+def _positive(v: float) -> float:
+    if v <= 0:
+        raise ValueError("must be greater than zero")
+    return v
+
+
+def _match(v, pattern, what):
+    if not isinstance(v, str) or not pattern.match(v):
+        raise ValueError(f"{v!r} is not {what}")
+    return v
+
+
+def _send_flags(v):
+    if not isinstance(v, list):
+        raise ValueError("must be a list such as [\"large_blocks\", \"compress\"]")
+    for flag in v:
+        _choice(flag, SEND_FLAGS)
+    return tuple(dict.fromkeys(v))
+
+
+def _options(table: dict, base: Options, where: str, path: str) -> Options:
+    values = {}
+    for key, conv in _OPTION_KEYS.items():
+        if key in table:
+            try:
+                values[key] = conv(table[key])
+            except ValueError as e:
+                raise ConfigError(f"{path}: {where}.{key}: {e}") from None
+    return Options(**{**base.__dict__, **values})
+
+
+def _unknown(table: dict, allowed: set[str], where: str, path: str) -> None:
+    for key in table:
+        if key not in allowed:
+            raise ConfigError(f"{path}: {where}.{key}: unknown key (allowed: {', '.join(sorted(allowed))})")
+
+
+def _dataset(entry, where: str, path: str, nodes: tuple[str, ...]) -> DatasetMap:
+    try:
+        if isinstance(entry, str):
+            return DatasetMap(check_dataset_name(entry))
+        if isinstance(entry, dict):
+            _unknown(entry, {"name", "on"}, where, path)
+            if "name" not in entry:
+                raise ConfigError(f"{path}: {where}.name: missing")
+            per_node = entry.get("on", {})
+            if not isinstance(per_node, dict):
+                raise ConfigError(f"{path}: {where}.on: must be a table of node = \"dataset\"")
+            for node, name in per_node.items():
+                if node not in nodes:
+                    raise ConfigError(f"{path}: {where}.on.{node}: not one of this container's nodes")
+                try:
+                    check_dataset_name(name)
+                except ValueError as e:
+                    raise ConfigError(f"{path}: {where}.on.{node}: {e}") from None
+            return DatasetMap(check_dataset_name(entry["name"]), dict(per_node))
+    except ValueError as e:
+        raise ConfigError(f"{path}: {where}: {e}") from None
+    raise ConfigError(f"{path}: {where}: must be a dataset name or a table {{name = ..., on = {{...}}}}")
+
+
+def parse(text: str, path: str = "<config>") -> Config:
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    for key in doc:
+        if key not in ("defaults", "container", "nodes"):
+            raise ConfigError(f"{path}: {key}: unknown section (allowed: defaults, container, nodes)")
+
+    d = doc.get("defaults", {})
+    if not isinstance(d, dict):
+        raise ConfigError(f"{path}: defaults: must be a table")
+    _unknown(d, _DEFAULTS_KEYS, "defaults", path)
+    defaults = _options(d, Options(), "defaults", path)
+    try:
+        interval = _positive(parse_duration(d.get("interval", "10m")))
+    except ValueError as e:
+        raise ConfigError(f"{path}: defaults.interval: {e}") from None
+    ssh_user = d.get("ssh_user", "root")
+    if not isinstance(ssh_user, str) or not _NODE.match(ssh_user):
+        raise ConfigError(f"{path}: defaults.ssh_user: {ssh_user!r} is not a user name")
+    try:
+        ssh_port = _int_range(d.get("ssh_port", 22), 1, 65535)
+    except ValueError as e:
+        raise ConfigError(f"{path}: defaults.ssh_port: {e}") from None
+
+    addresses = {}
+    nodes_tab = doc.get("nodes", {})
+    if not isinstance(nodes_tab, dict):
+        raise ConfigError(f"{path}: nodes: must be a table of [nodes.<name>]")
+    for node, tab in nodes_tab.items():
+        where = f"nodes.{node}"
+        if not _NODE.match(node):
+            raise ConfigError(f"{path}: {where}: {node!r} is not a node name")
+        if not isinstance(tab, dict):
+            raise ConfigError(f"{path}: {where}: must be a table")
+        _unknown(tab, {"address"}, where, path)
+        if "address" in tab:
+            addresses[node] = _checked(lambda: _match(tab["address"], _ADDRESS, "a host name or IP address"),
+                                       f"{where}.address", path)
+
+    containers: dict[int, Container] = {}
+    entries = doc.get("container", [])
+    if not isinstance(entries, list):
+        raise ConfigError(f"{path}: container: use [[container]] (an array of tables)")
+    for i, c in enumerate(entries):
+        where = f"container[{i}]"
+        _unknown(c, _CONTAINER_KEYS, where, path)
+        if "ctid" not in c:
+            raise ConfigError(f"{path}: {where}.ctid: missing")
+        ctid = _checked(lambda: _int_range(c["ctid"], 100, 999_999_999), f"{where}.ctid", path)
+        where = f"container[ctid={ctid}]"
+        if ctid in containers:
+            raise ConfigError(f"{path}: {where}.ctid: defined twice")
+        nodes = c.get("nodes")
+        if not isinstance(nodes, list) or len(nodes) < 2:
+            raise ConfigError(f"{path}: {where}.nodes: must list at least two nodes")
+        for n in nodes:
+            if not isinstance(n, str) or not _NODE.match(n):
+                raise ConfigError(f"{path}: {where}.nodes: {n!r} is not a node name")
+        if len(set(nodes)) != len(nodes):
+            raise ConfigError(f"{path}: {where}.nodes: a node is listed twice")
+        raw_ds = c.get("datasets")
+        if not isinstance(raw_ds, list) or not raw_ds:
+            raise ConfigError(f"{path}: {where}.datasets: must list at least one dataset")
+        datasets = tuple(_dataset(e, f"{where}.datasets[{j}]", path, tuple(nodes)) for j, e in enumerate(raw_ds))
+        for node in nodes:
+            names = [ds.on(node) for ds in datasets]
+            if len(set(names)) != len(names):
+                raise ConfigError(f"{path}: {where}.datasets: a dataset is listed twice on {node}")
+        containers[ctid] = Container(ctid, datasets, tuple(nodes), _options(c, defaults, where, path))
+
+    # The same dataset in two containers would have two primaries.
+    seen: dict[tuple[str, str], int] = {}
+    for ct in containers.values():
+        for ds in ct.datasets:
+            for node in ct.nodes:
+                other = seen.setdefault((node, ds.on(node)), ct.ctid)
+                if other != ct.ctid:
+                    raise ConfigError(f"{path}: container[ctid={ct.ctid}].datasets: {ds.on(node)} on {node} "
+                                      f"is already protected for container {other}")
+    return Config(path, interval, defaults, containers, addresses, ssh_user, ssh_port)
+
+
+def _checked(fn, where: str, path: str):
+    try:
+        return fn()
+    except ValueError as e:
+        raise ConfigError(f"{path}: {where}: {e}") from None
+
+
+def config_path(explicit: str | None = None) -> str:
+    return explicit or os.environ.get("PVEZFSHA_CONFIG") or DEFAULT_PATH
+
+
+def load(explicit: str | None = None) -> Config:
+    path = config_path(explicit)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file (create it, or pass --config)") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read: {e}") from None
+    return parse(text, path)

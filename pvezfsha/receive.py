@@ -1,0 +1,158 @@
+"""`pvezfsha receive`: the standby's end of a session, run by ssh.
+
+It reads requests from stdin (see transport.py) and answers on stdout.
+Everything it does goes through libzfs_core; the stream of a `receive`
+request is read by the kernel straight from fd 0. Logs go to stderr, which
+ssh carries back to the sender.
+
+The standby stays inert: streams are received unmounted, the dataset is
+kept readonly=on and canmount=noauto, and the last received snapshot carries
+a hold, so a mistaken forced receive or a pruning tool cannot take away the
+base of the next incremental.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from contextlib import ExitStack
+
+from loguru import logger
+
+from pvezfsha import __version__, divergence, zfs, zfscli
+from pvezfsha.cluster import Cluster
+from pvezfsha.config import check_dataset_name
+from pvezfsha.errors import PvezfshaError, ZfsError
+from pvezfsha.state import Locked, dataset_lock
+from pvezfsha.transport import PROTOCOL, read_line, write_json
+from pvezfsha.versions import HOLD_LAST
+
+INERT = {"readonly": "on", "canmount": "noauto"}
+
+
+class Server:
+    def __init__(self, in_fd: int = 0, out_fd: int = 1):
+        self.in_fd, self.out_fd = in_fd, out_fd
+        self.locks = ExitStack()
+        self.locked: set[str] = set()
+        self.node = Cluster().local_node()
+
+    def _lock(self, dataset: str) -> None:
+        # Held for the rest of the session: a local run must not touch a
+        # dataset between our state read and the receive that follows.
+        if dataset not in self.locked:
+            try:
+                self.locks.enter_context(dataset_lock(dataset, "receive"))
+            except Locked as e:
+                raise ZfsError(str(e), kind="Busy") from None
+            self.locked.add(dataset)
+
+    @staticmethod
+    def _dataset(req: dict, key: str = "dataset") -> str:
+        name = req.get(key, "")
+        try:
+            return check_dataset_name(name)
+        except ValueError as e:
+            raise ZfsError(str(e), kind="BadRequest") from None
+
+    # -- requests ------------------------------------------------------------
+
+    def op_hello(self, req: dict) -> dict:
+        if req.get("protocol") != PROTOCOL:
+            raise ZfsError(f"protocol {req.get('protocol')} not supported (this node speaks {PROTOCOL}); "
+                           f"install the same pvezfsha version on every node", kind="Protocol")
+        return {"node": self.node, "version": __version__}
+
+    def op_state(self, req: dict) -> dict:
+        ds = self._dataset(req)
+        self._lock(ds)
+        return {"state": zfs.read_state(ds).to_dict()}
+
+    def op_receive(self, req: dict) -> dict:
+        snap = req.get("snapshot", "")
+        ds, _, short = snap.partition("@")
+        self._dataset({"dataset": ds})
+        if not short:
+            raise ZfsError(f"{snap!r} is not a snapshot name", kind="BadRequest")
+        self._lock(ds)
+        zfs.receive(snap, self.in_fd, force=bool(req.get("force")), raw=bool(req.get("raw")))
+        st = zfs.read_state(ds)
+        got = next((s for s in st.snapshots if s.name == short), None)
+        if got is None or got.guid != req.get("guid"):
+            raise ZfsError(f"{snap}: received snapshot has guid {got.guid if got else None:}, "
+                           f"expected {req.get('guid')}", kind="GuidMismatch")
+        if not st.readonly or st.canmount != "noauto":
+            zfscli.set_props(ds, INERT)
+        # Move the last-received hold: take the new one before dropping the old.
+        zfs.hold({snap: HOLD_LAST})
+        zfs.release({f"{ds}@{s.name}": [HOLD_LAST] for s in st.snapshots
+                     if HOLD_LAST in s.holds and s.name != short})
+        return {"state": zfs.read_state(ds).to_dict()}
+
+    def op_abort_resume(self, req: dict) -> dict:
+        ds = self._dataset(req)
+        self._lock(ds)
+        zfs.abort_receive(ds)
+        logger.info(f"{ds}: aborted a partial receive that no longer matches the source")
+        return {"state": zfs.read_state(ds).to_dict()}
+
+    def op_keep_diverged(self, req: dict) -> dict:
+        ds = self._dataset(req)
+        self._lock(ds)
+        result = divergence.keep_diverged(ds, int(req["base_guid"]), req["prefix"], self.node)
+        return {**result, "state": zfs.read_state(ds).to_dict()}
+
+    def op_destroy(self, req: dict) -> dict:
+        """Prune: destroy snapshots named by the sender, each checked by guid."""
+        ds = self._dataset(req)
+        self._lock(ds)
+        st = zfs.read_state(ds)
+        by_name = {s.name: s for s in st.snapshots}
+        doomed = []
+        for item in req.get("snapshots", []):
+            s = by_name.get(item.get("name"))
+            if s is not None and s.guid == item.get("guid") and not s.holds:
+                doomed.append(f"{ds}@{s.name}")
+        zfs.destroy_snapshots(doomed)
+        return {"destroyed": len(doomed)}
+
+    def serve(self) -> int:
+        try:
+            while True:
+                line = read_line(self.in_fd)
+                if line is None:
+                    return 0
+                req: dict = {}
+                try:
+                    req = json.loads(line)
+                    if not isinstance(req, dict):
+                        raise ValueError("a request must be a JSON object")
+                    op = req.get("op", "")
+                    handler = getattr(self, f"op_{op}", None)
+                    if handler is None:
+                        raise ZfsError(f"unknown request {op!r}", kind="BadRequest")
+                    reply = {"ok": True, **handler(req)}
+                except (PvezfshaError, ValueError, KeyError, TypeError) as e:
+                    kind = getattr(e, "kind", "") or type(e).__name__
+                    logger.error(f"receive: {e}")
+                    write_json(self.out_fd, {"ok": False, "error": str(e), "kind": kind,
+                                             "errno": getattr(e, "errno", 0) or 0})
+                    # After a failed receive the rest of its stream is still in
+                    # the pipe; ending the session is the only clean way out.
+                    if req.get("op") == "receive":
+                        return 1
+                    continue
+                write_json(self.out_fd, reply)
+        except BrokenPipeError:
+            return 1
+        finally:
+            self.locks.close()
+
+
+def main() -> int:
+    if os.isatty(0):
+        print("pvezfsha receive: the receiving end of `pvezfsha sync`, run over ssh; "
+              "not for interactive use", file=sys.stderr)
+        return 2
+    return Server().serve()

@@ -1,0 +1,47 @@
+"""Node-local runtime state: per-dataset locks.
+
+A lock is an flock on a file under /run/pvezfsha/locks (PVEZFSHA_RUN_DIR
+moves it). flock dies with its process, so a crashed run never leaves a
+stale lock behind, and two runs on one dataset never overlap.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def run_dir() -> Path:
+    return Path(os.environ.get("PVEZFSHA_RUN_DIR", "/run/pvezfsha"))
+
+
+def _lock_path(dataset: str) -> Path:
+    # '%' cannot occur in a dataset name, so the mapping is one-to-one.
+    return run_dir() / "locks" / (dataset.replace("/", "%") + ".lock")
+
+
+class Locked(Exception):
+    def __init__(self, dataset: str, holder: str):
+        super().__init__(f"{dataset} is busy (locked by {holder or 'another run'})")
+        self.dataset = dataset
+
+
+@contextmanager
+def dataset_lock(dataset: str, what: str = "sync"):
+    """Hold the dataset's lock, or raise Locked at once (never wait)."""
+    path = _lock_path(dataset)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
+            raise Locked(dataset, holder) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{what} pid {os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)

@@ -1,0 +1,261 @@
+"""The wire between two nodes: one ssh session per peer per cycle.
+
+The session runs `pvezfsha receive` on the peer and speaks a line protocol
+over its stdin/stdout: a JSON request line, optionally followed by a raw
+send stream, answered by one JSON reply line. Dataset and snapshot names
+travel inside the JSON, so they never reach a shell on either side.
+
+A stream is produced by `lzc_send` in a thread writing into a pipe; the pump
+here moves it to ssh (splice, no copy through Python), counts bytes, applies
+the bandwidth limit and watches for stalls. Both ends are killable: a stall
+or an error kills ssh, which gives the sender EPIPE and the receiver EOF, so
+no hung receive is left behind and an interrupted receive keeps its resume
+token. When both sides fail, the receiver's error is the one reported; the
+sender's EPIPE is only its consequence.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import select
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from pvezfsha.errors import TransportError, ZfsError
+
+PROTOCOL = 1
+CHUNK = 1 << 20
+F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+
+
+def ssh_argv(address: str, *, user: str = "root", port: int = 22, connect_timeout: float = 10,
+             remote: tuple[str, ...] = ("pvezfsha", "receive")) -> list[str]:
+    ssh = os.environ.get("PVEZFSHA_SSH", "ssh")
+    return [ssh, "-T", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={max(1, int(connect_timeout))}",
+            "-o", "ServerAliveInterval=10", "-o", "ServerAliveCountMax=3",
+            "-o", "StrictHostKeyChecking=yes" if os.environ.get("PVEZFSHA_SSH_STRICT") else "LogLevel=ERROR",
+            "-p", str(port), "-l", user, address, "--", *remote]
+
+
+# -- framing, shared by both ends ----------------------------------------------
+
+def read_line(fd: int, limit: int = 1 << 20) -> bytes | None:
+    """One line from a raw fd, byte by byte: the send stream follows it on
+    the same fd, so nothing past the newline may be consumed."""
+    buf = bytearray()
+    while True:
+        b = os.read(fd, 1)
+        if not b:
+            return bytes(buf) if buf else None
+        if b == b"\n":
+            return bytes(buf)
+        buf += b
+        if len(buf) > limit:
+            raise TransportError("protocol line too long")
+
+
+def write_json(fd: int, obj: dict) -> None:
+    data = (json.dumps(obj, separators=(",", ":")) + "\n").encode()
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def enlarge_pipe(fd: int) -> None:
+    # Only while the pipe is empty: resizing a full pipe can deadlock
+    # (kernel bug 212295, openzfs/zfs#13232).
+    try:
+        fcntl.fcntl(fd, F_SETPIPE_SZ, CHUNK)
+    except OSError:
+        pass
+
+
+class RemoteError(ZfsError):
+    """An error reported by the peer's `pvezfsha receive`."""
+
+
+@dataclass
+class StreamResult:
+    bytes: int
+    seconds: float
+    reply: dict
+
+
+class Session:
+    """One ssh connection to a peer's `pvezfsha receive`."""
+
+    def __init__(self, argv: list[str], peer: str, *, stall_timeout: float = 300, reply_timeout: float = 600):
+        self.peer = peer
+        self.stall_timeout = stall_timeout
+        self.reply_timeout = reply_timeout
+        self._err = tempfile.TemporaryFile()
+        try:
+            self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=self._err, bufsize=0, start_new_session=True)
+        except OSError as e:
+            raise TransportError(f"{peer}: cannot start {argv[0]}: {e}") from None
+        self._in = self.proc.stdin.fileno()
+        self._out = self.proc.stdout.fileno()
+        enlarge_pipe(self._in)
+        self.hello = self.request("hello", protocol=PROTOCOL)
+
+    # -- plumbing --------------------------------------------------------------
+
+    def stderr_text(self) -> str:
+        self._err.seek(0)
+        return self._err.read().decode(errors="replace").strip()
+
+    def _dead(self, what: str) -> TransportError:
+        self.kill()
+        err = self.stderr_text().splitlines()
+        detail = err[-1] if err else f"exit status {self.proc.returncode}"
+        return TransportError(f"{self.peer}: {what}: {detail}")
+
+    def _reply(self, timeout: float) -> dict:
+        ready, _, _ = select.select([self._out], [], [], timeout)
+        if not ready:
+            raise self._dead(f"no answer within {timeout:.0f} s")
+        line = read_line(self._out)
+        if line is None:
+            self.proc.wait()
+            raise self._dead("connection closed")
+        try:
+            reply = json.loads(line)
+        except ValueError:
+            raise self._dead(f"unexpected output {line[:80]!r}") from None
+        if not reply.get("ok"):
+            raise RemoteError(f"{self.peer}: {reply.get('error', 'unknown error')}",
+                              kind=reply.get("kind", ""), errno=reply.get("errno", 0))
+        return reply
+
+    def request(self, op: str, **args) -> dict:
+        try:
+            write_json(self._in, {"op": op, **args})
+        except OSError:
+            raise self._dead(f"{op}: connection lost") from None
+        return self._reply(self.reply_timeout if op != "hello" else max(30.0, self.stall_timeout))
+
+    # -- streams -----------------------------------------------------------------
+
+    def send_stream(self, header: dict, produce: Callable[[int], None], *, rate_limit: int = 0,
+                    progress: Callable[[int], None] | None = None) -> StreamResult:
+        """Write `header`, then what `produce(fd)` writes to fd, then read the reply."""
+        try:
+            write_json(self._in, header)
+        except OSError:
+            raise self._dead("connection lost") from None
+        r, w = os.pipe()
+        enlarge_pipe(w)
+        send_error: list[BaseException] = []
+
+        def run_sender():
+            try:
+                produce(w)
+            except BaseException as e:  # reported after the receiver's error
+                send_error.append(e)
+            finally:
+                os.close(w)
+
+        t0 = time.monotonic()
+        sender = threading.Thread(target=run_sender, name="lzc_send", daemon=True)
+        sender.start()
+        sent = 0
+        last = [time.monotonic()]
+        stalled = threading.Event()
+        done = threading.Event()
+
+        def watchdog():
+            while not done.wait(1.0):
+                if time.monotonic() - last[0] > self.stall_timeout:
+                    stalled.set()
+                    self.kill()
+                    return
+
+        threading.Thread(target=watchdog, name="stall-watchdog", daemon=True).start()
+        broken = False
+        try:
+            chunk = CHUNK if not rate_limit else max(64 << 10, min(CHUNK, rate_limit // 4))
+            while True:
+                n = _move(r, self._in, chunk)
+                if n == 0:
+                    break
+                sent += n
+                last[0] = time.monotonic()
+                if progress:
+                    progress(sent)
+                if rate_limit:
+                    ahead = sent / rate_limit - (time.monotonic() - t0)
+                    if ahead > 0:
+                        time.sleep(ahead)
+        except (BrokenPipeError, ConnectionResetError):
+            broken = True
+        finally:
+            done.set()
+            os.close(r)  # a sender still writing gets EPIPE and returns
+            sender.join()
+        seconds = time.monotonic() - t0
+
+        if stalled.is_set():
+            raise TransportError(f"{self.peer}: no progress for {self.stall_timeout:.0f} s; connection killed "
+                                 f"after {sent} bytes")
+        if send_error and not broken:
+            # The receiver is waiting for the rest of a stream that will not
+            # come: end the session so it sees EOF and keeps a resume token.
+            self.close()
+            err = send_error[0]
+            raise err if isinstance(err, ZfsError) else ZfsError(f"send failed: {err}")
+        try:
+            reply = self._reply(self.reply_timeout)
+        except RemoteError:
+            raise
+        except TransportError:
+            if send_error:
+                err = send_error[0]
+                raise (err if isinstance(err, ZfsError) else ZfsError(str(err))) from None
+            raise
+        return StreamResult(sent, seconds, reply)
+
+    def close(self, timeout: float = 10) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, 9)
+            except OSError:
+                self.proc.kill()
+            self.proc.wait()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _move(src: int, dst: int, count: int) -> int:
+    """Move up to `count` bytes between pipes, without copying through Python."""
+    try:
+        return os.splice(src, dst, count)
+    except (AttributeError, OSError) as e:
+        if isinstance(e, OSError) and e.errno not in (22, 38):  # EINVAL/ENOSYS: no splice here
+            raise
+    data = os.read(src, count)
+    view = memoryview(data)
+    while view:
+        view = view[os.write(dst, view):]
+    return len(data)

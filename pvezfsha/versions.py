@@ -1,0 +1,115 @@
+"""Plain data describing one side of a replication: a dataset's snapshots,
+bookmarks, holds and resume state.
+
+Identity is the GUID and order is createtxg; names are for people. These
+types cross the ssh session as JSON, so they convert to and from dicts.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import asdict, dataclass, field
+
+# Hold tags and bookmark names pvezfsha owns.
+HOLD_LAST = "pvezfsha-last"          # standby: the last received snapshot
+HOLD_STEP = "pvezfsha-step"          # source: from/to of a transfer in flight
+CURSOR = "cursor"                    # source bookmark <prefix>_cursor_<node>_<guid>
+DIVERGED = "diverged"                # <prefix>-diverged_<ts>: kept, never pruned
+
+
+@dataclass(frozen=True)
+class Version:
+    """A snapshot (`fs@name`) or bookmark (`fs#name`), identified by guid."""
+
+    name: str          # short name, after @ or #
+    guid: int
+    createtxg: int
+    creation: int      # unix seconds
+    bookmark: bool = False
+    holds: tuple[str, ...] = ()
+
+    def full(self, dataset: str) -> str:
+        return f"{dataset}{'#' if self.bookmark else '@'}{self.name}"
+
+
+@dataclass(frozen=True)
+class ResumeToken:
+    """The decoded receive_resume_token of an interrupted receive."""
+
+    token: str
+    toguid: int
+    fromguid: int | None
+    toname: str
+    obj: int
+    offset: int
+    bytes: int
+    flags: tuple[str, ...]  # lzc send flags the stream was started with
+
+
+@dataclass(frozen=True)
+class DatasetState:
+    """Everything the planner needs about one dataset, read in one call."""
+
+    dataset: str
+    exists: bool
+    snapshots: tuple[Version, ...] = ()     # sorted by createtxg
+    bookmarks: tuple[Version, ...] = ()     # sorted by createtxg
+    resume: ResumeToken | None = None
+    written: int = 0                        # bytes written since the newest snapshot
+    referenced: int = 0
+    readonly: bool = False
+    canmount: str = "on"
+    mounted: bool = False
+    encrypted: bool = False
+    origin: str = ""                        # fs@snap when the dataset is a clone
+    props: dict[str, str] = field(default_factory=dict)   # pvezfsha:* user properties
+
+    @property
+    def newest(self) -> Version | None:
+        return self.snapshots[-1] if self.snapshots else None
+
+    def by_guid(self) -> dict[int, Version]:
+        # A snapshot wins over a bookmark of the same guid: it can be a
+        # source for anything, a bookmark only for a single -i step.
+        out = {b.guid: b for b in self.bookmarks}
+        out.update({s.guid: s for s in self.snapshots})
+        return out
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DatasetState":
+        d = dict(d)
+        d["snapshots"] = tuple(Version(**{**v, "holds": tuple(v.get("holds", ()))}) for v in d.get("snapshots", ()))
+        d["bookmarks"] = tuple(Version(**{**v, "holds": tuple(v.get("holds", ()))}) for v in d.get("bookmarks", ()))
+        if d.get("resume"):
+            r = d["resume"]
+            d["resume"] = ResumeToken(**{**r, "flags": tuple(r["flags"])})
+        return cls(**d)
+
+
+def snapshot_name(prefix: str, when: dt.datetime) -> str:
+    return f"{prefix}_{when.astimezone(dt.timezone.utc):%Y%m%dT%H%M%SZ}"
+
+
+def is_replication_snapshot(name: str, prefix: str) -> bool:
+    return re.fullmatch(re.escape(prefix) + r"_\d{8}T\d{6}Z(_\d+)?", name) is not None
+
+
+def cursor_name(prefix: str, node: str, guid: int) -> str:
+    return f"{prefix}_{CURSOR}_{node}_{guid:016x}"
+
+
+def cursor_node(name: str, prefix: str) -> str | None:
+    m = re.fullmatch(re.escape(prefix) + "_" + CURSOR + r"_(.+)_[0-9a-f]{16}", name)
+    return m.group(1) if m else None
+
+
+def diverged_name(prefix: str, when: dt.datetime) -> str:
+    return f"{prefix}-{DIVERGED}_{when.astimezone(dt.timezone.utc):%Y%m%dT%H%M%SZ}"
+
+
+def step_hold(node: str) -> str:
+    return f"{HOLD_STEP}-{node}"

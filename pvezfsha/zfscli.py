@@ -1,0 +1,45 @@
+"""The places where pvezfsha runs the `zfs` command, because libzfs_core has
+no call for them: setting system properties (openzfs/zfs#12675), mounting,
+and renaming a dataset that may be mounted (lzc_rename does not unmount).
+
+Always an argv list, never a shell: dataset names never pass through one.
+"""
+
+from __future__ import annotations
+
+import subprocess
+
+from pvezfsha.errors import ZfsError
+
+ZFS = "zfs"
+
+
+def _run(args: list[str], action: str, timeout: float = 120) -> str:
+    try:
+        p = subprocess.run([ZFS, *args], capture_output=True, text=True, timeout=timeout)
+    except FileNotFoundError:
+        raise ZfsError(f"{action}: the zfs command is not installed (zfsutils-linux)") from None
+    except subprocess.TimeoutExpired:
+        raise ZfsError(f"{action}: zfs {' '.join(args[:1])} did not finish in {timeout:.0f} s") from None
+    if p.returncode != 0:
+        raise ZfsError(f"{action}: {p.stderr.strip() or 'zfs exited ' + str(p.returncode)}")
+    return p.stdout
+
+
+def set_props(dataset: str, props: dict[str, str]) -> None:
+    """System properties such as readonly and canmount, in one command."""
+    if props:
+        _run(["set", *(f"{k}={v}" for k, v in props.items()), dataset], f"setting {props} on {dataset}")
+
+
+def rename(source: str, target: str) -> None:
+    # -u: keep it where it is mounted (or not); a standby stays unmounted.
+    _run(["rename", "-u", source, target], f"renaming {source} to {target}")
+
+
+def mount(dataset: str) -> None:
+    _run(["mount", dataset], f"mounting {dataset}")
+
+
+def unmount(dataset: str) -> None:
+    _run(["unmount", dataset], f"unmounting {dataset}")

@@ -1,0 +1,111 @@
+"""Configuration: what a valid file gives, and the one-line error every
+mistake gets (file, key, what is wrong)."""
+
+import pytest
+
+from pvezfsha import config
+from pvezfsha.errors import ConfigError
+
+GOOD = """
+[defaults]
+interval = "5m"
+keep = 10
+bandwidth_limit = "50M"
+
+[[container]]
+ctid = 103
+datasets = ["tank/media", { name = "tank/files", on = { pve2 = "usb/files" } }]
+nodes = ["pve1", "pve2"]
+on_stale = "warn"
+"""
+
+
+def error(text):
+    with pytest.raises(ConfigError) as e:
+        config.parse(text, "/etc/pvezfsha/pvezfsha.toml")
+    msg = str(e.value)
+    assert msg.startswith("/etc/pvezfsha/pvezfsha.toml: ") and "\n" not in msg
+    return msg
+
+
+def test_valid_file_is_parsed_with_units_and_overrides():
+    cfg = config.parse(GOOD, "f")
+    ct = cfg.containers[103]
+    assert cfg.interval == 300 and ct.options.keep == 10 and ct.options.bandwidth_limit == 50 << 20
+    assert ct.options.on_stale == "warn" and cfg.defaults.on_stale == "refuse"
+    assert [d.on("pve1") for d in ct.datasets] == ["tank/media", "tank/files"]
+    assert [d.on("pve2") for d in ct.datasets] == ["tank/media", "usb/files"]
+
+
+def test_shipped_example_file_is_valid():
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "packaging" / "pvezfsha.toml"
+    assert config.parse(path.read_text(), str(path)).containers == {}
+
+
+def test_durations_and_rates():
+    assert config.parse_duration("90s") == 90 and config.parse_duration("2h") == 7200
+    assert config.parse_duration(30) == 30
+    assert config.parse_rate("") == 0 and config.parse_rate("1.5K") == 1536 and config.parse_rate("2MiB") == 2 << 20
+
+
+def test_toml_syntax_error():
+    assert "not valid TOML" in error("[defaults\n")
+
+
+def test_unknown_key_names_the_key():
+    assert "defaults.intervall: unknown key" in error("[defaults]\nintervall = '5m'\n")
+
+
+def test_bad_duration_names_the_key():
+    assert "defaults.max_staleness: 'soon' is not a duration" in error("[defaults]\nmax_staleness = 'soon'\n")
+
+
+def test_bad_policy():
+    assert "on_stale: 'ignore' is not one of" in error(
+        "[[container]]\nctid=100\ndatasets=['tank/a']\nnodes=['a','b']\non_stale='ignore'\n")
+
+
+def test_dataset_name_that_is_not_a_dataset():
+    msg = error("[[container]]\nctid=100\ndatasets=['tank/a; rm -rf /']\nnodes=['a','b']\n")
+    assert "container[ctid=100].datasets[0]" in msg
+
+
+def test_snapshot_name_is_not_a_dataset():
+    assert "datasets[0]" in error("[[container]]\nctid=100\ndatasets=['tank/a@snap']\nnodes=['a','b']\n")
+
+
+def test_single_node_group():
+    assert "nodes: must list at least two" in error("[[container]]\nctid=100\ndatasets=['tank/a']\nnodes=['a']\n")
+
+
+def test_container_defined_twice():
+    block = "[[container]]\nctid=100\ndatasets=['tank/a']\nnodes=['a','b']\n"
+    assert "defined twice" in error(block + block)
+
+
+def test_dataset_in_two_containers():
+    msg = error("[[container]]\nctid=100\ndatasets=['tank/a']\nnodes=['a','b']\n"
+                "[[container]]\nctid=101\ndatasets=['tank/a']\nnodes=['a','b']\n")
+    assert "already protected for container 100" in msg
+
+
+def test_override_for_a_node_outside_the_group():
+    assert "on.pve9: not one of" in error(
+        "[[container]]\nctid=100\ndatasets=[{name='tank/a', on={pve9='x/a'}}]\nnodes=['a','b']\n")
+
+
+def test_unknown_send_flag():
+    assert "send_flags" in error("[defaults]\nsend_flags=['dedup']\n")
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="no such file"):
+        config.load(str(tmp_path / "nope.toml"))
+
+
+def test_environment_variable_selects_the_file(tmp_path, monkeypatch):
+    f = tmp_path / "c.toml"
+    f.write_text(GOOD)
+    monkeypatch.setenv("PVEZFSHA_CONFIG", str(f))
+    assert config.load().path == str(f)
