@@ -462,9 +462,11 @@ class Lab:
                     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw",
                                     "-b", str(self.image / "root.img"), str(ov)], check=True)
             self._start_hub()
-            for node in self.nodes:
+            off = [n for n in self.nodes if not self.running(n)]
+            for node in off:
                 self._start_node(node)
-            log(f"booting {', '.join(self.nodes)}")
+            if off:
+                log(f"booting {', '.join(off)}")
             self._each(lambda n: self.wait_ssh(n, timeout))
             log(f"ssh answers on all nodes after {time.monotonic() - t0:.1f} s")
             self._each(lambda n: self.ssh(n, POOL_SCRIPT, check=True))

@@ -1,0 +1,169 @@
+"""Replication between two real OpenZFS nodes over real ssh: what an admin
+relies on after `pvezfsha sync`."""
+
+import re
+import time
+
+from conftest import checksums, sh, snapshots, step_bytes, zfs_get
+
+
+def test_files_are_identical_by_checksum_after_replication(group):
+    group.write("a.bin", 8)
+    group.write("b.bin", 1)
+    sh("pve1", f"mkdir -p {group.mnt}/dir && echo hello > {group.mnt}/dir/c.txt")
+    p = group.sync()
+    assert "full" in p.stderr and "-> pve2" in p.stderr
+    src = checksums("pve1", group.ds)
+    assert len(src) == 3
+    assert checksums("pve2", group.ds) == src
+    assert snapshots("pve2", group.ds) == snapshots("pve1", group.ds)
+
+
+def test_every_intermediate_snapshot_is_sent_in_order(group):
+    group.write("0.bin")
+    group.sync()
+    for i in range(3):
+        group.write(f"{i + 1}.bin")
+        sh("pve1", ["zfs", "snapshot", f"{group.ds}@pvezfsha_20300101T00000{i}Z"])
+    p = group.sync()
+    assert "3 snapshot(s)" in p.stderr, p.stderr
+    src = snapshots("pve1", group.ds)
+    # Same names and guids, same order; a new snapshot was not needed.
+    assert snapshots("pve2", group.ds) == src
+    assert [n.split("@")[1] for n, _ in src[-3:]] == [f"pvezfsha_20300101T00000{i}Z" for i in range(3)]
+
+
+def test_interrupted_transfer_resumes_and_sends_less_than_the_total(group):
+    group.write("big.bin", 48)
+    group.write_config("pve1", defaults={"bandwidth_limit": "4M"})
+    proc = group.popen_sync()
+    time.sleep(6)   # start-up, then a few MiB at 4 MiB/s: mid-stream
+    sh("pve1", ["pkill", "-f", "ssh .*pvezfsha receive"], check=False)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err
+    token = zfs_get("pve2", "receive_resume_token", group.ds)
+    assert token not in ("-", ""), "an interrupted receive must leave a resume token"
+    group.write_config("pve1")   # no bandwidth limit now
+    p = group.sync()
+    assert "resume full" in p.stderr, p.stderr
+    resumed = step_bytes(p.stderr)[0]
+    assert 0 < resumed < 40 * 2**20, f"resumed {resumed} bytes of a 48 MiB stream"
+    assert checksums("pve2", group.ds) == checksums("pve1", group.ds)
+    assert zfs_get("pve2", "receive_resume_token", group.ds) in ("-", "")
+
+
+def test_destroyed_base_snapshot_on_primary_stays_incremental_via_the_bookmark(group):
+    group.write("a.bin", 16)
+    group.sync()
+    base = snapshots("pve1", group.ds)[-1][0]
+    sh("pve1", ["zfs", "destroy", base])   # an admin or sanoid pruning
+    assert snapshots("pve1", group.ds) == []
+    group.write("b.bin", 1)
+    p = group.sync()
+    assert re.search(r"#pvezfsha_cursor_pve2_[0-9a-f]{16} -> @", p.stderr), p.stderr
+    assert step_bytes(p.stderr)[0] < 4 * 2**20, "must not resend the 16 MiB"
+    assert checksums("pve2", group.ds) == checksums("pve1", group.ds)
+
+
+def test_standby_is_inert_and_refuses_to_be_modified(group):
+    group.write("a.bin")
+    group.sync()
+    assert zfs_get("pve2", "readonly", group.ds) == "on"
+    assert zfs_get("pve2", "canmount", group.ds) == "noauto"
+    assert zfs_get("pve2", "mounted", group.ds) == "no"
+    # Even mounted by hand, it cannot be written.
+    sh("pve2", ["zfs", "mount", group.ds])
+    w = sh("pve2", ["touch", f"{group.mnt}/intruder"], check=False)
+    sh("pve2", ["zfs", "unmount", group.ds])
+    assert w.returncode != 0 and "Read-only file system" in w.stderr
+    # The last received snapshot is held, so no forced receive or pruning can take it.
+    last = snapshots("pve2", group.ds)[-1][0]
+    assert "pvezfsha-last" in sh("pve2", ["zfs", "holds", "-H", last]).stdout
+    group.write("b.bin")
+    group.sync()
+    assert checksums("pve2", group.ds) == checksums("pve1", group.ds)
+
+
+def test_modified_standby_keeps_its_diverged_writes_and_replication_continues(group):
+    group.write("a.bin")
+    group.sync()
+    sh("pve2", ["zfs", "set", "readonly=off", group.ds])
+    sh("pve2", ["zfs", "mount", group.ds])
+    sh("pve2", f"echo precious > {group.mnt}/standby-only.txt")
+    sh("pve2", ["zfs", "unmount", group.ds])
+    group.write("b.bin")
+    p = group.sync()
+    m = re.search(r"diverged state kept as (\S+)", p.stderr)
+    assert m, p.stderr
+    kept = m.group(1).rstrip(";")
+    assert kept.startswith(f"{group.ds}-pvezfsha-diverged-")
+    assert zfs_get("pve2", "canmount", kept) == "noauto" and zfs_get("pve2", "readonly", kept) == "on"
+    kept_files = checksums("pve2", kept)
+    assert "./standby-only.txt" in kept_files
+    assert checksums("pve2", group.ds) == checksums("pve1", group.ds)
+    assert zfs_get("pve2", "readonly", group.ds) == "on"
+    assert "pvezfsha:diverged" in sh("pve2", ["zfs", "get", "-H", "all", kept]).stdout
+
+
+def test_second_concurrent_sync_exits_and_corrupts_nothing(group):
+    group.write("big.bin", 24)
+    group.write_config("pve1", defaults={"bandwidth_limit": "8M"})
+    first = group.popen_sync()
+    time.sleep(2.5)
+    second = group.sync(expect=0)
+    assert "busy" in second.stderr, second.stderr
+    _, err = first.communicate(timeout=120)
+    assert first.returncode == 0, err
+    assert checksums("pve2", group.ds) == checksums("pve1", group.ds)
+    again = group.sync()
+    assert "nothing to do" in again.stderr
+
+
+def test_nothing_changed_means_no_snapshot_and_no_ssh(group):
+    group.write("a.bin")
+    group.sync()
+    before = snapshots("pve1", group.ds)
+    p = group.sync()
+    assert "nothing to do" in p.stderr and snapshots("pve1", group.ds) == before
+
+
+def test_sync_on_a_standby_does_nothing_and_says_so(group):
+    group.write("a.bin")
+    p = group.sync(node="pve2")
+    assert "is a standby; primary is pve1; nothing to do" in p.stderr
+    assert snapshots("pve1", group.ds) == []
+
+
+def test_dry_run_prints_the_plan_and_changes_nothing(group):
+    group.write("a.bin")
+    p = group.sync("--dry-run")
+    assert "would snapshot" in p.stderr
+    assert snapshots("pve1", group.ds) == [] and sh("pve2", ["zfs", "list", group.ds], check=False).returncode != 0
+
+
+def test_retention_keeps_the_newest_and_the_common_snapshot(group):
+    group.write_config("pve1", defaults={"keep": 2})
+    for i in range(4):
+        group.write(f"{i}.bin")
+        group.sync()
+    assert len(snapshots("pve1", group.ds)) == 2
+    assert len(snapshots("pve2", group.ds)) == 2
+    assert snapshots("pve2", group.ds) == snapshots("pve1", group.ds)
+
+
+def test_status_shows_each_standbys_common_snapshot_and_age(group):
+    group.write("a.bin")
+    group.sync()
+    p = group.run("status", str(group.ctid), check=True)
+    newest = snapshots("pve1", group.ds)[-1][0].split("@")[1]
+    assert f"standby pve2: common @{newest}" in p.stdout and "in sync" in p.stdout
+
+
+def test_bad_config_is_rejected_with_a_clear_error_and_nothing_touched(group):
+    group.write("a.bin")
+    sh("pve1", f"echo 'keep = \"many\"' >> {group.config}")
+    p = group.run("sync", str(group.ctid))
+    assert p.returncode == 2
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and group.config in lines[0] and "keep" in lines[0], p.stderr
+    assert snapshots("pve1", group.ds) == []
