@@ -17,9 +17,10 @@ ZFS limitations worked around here:
   base's createtxg.
 * A bookmark can only be the source of a single `-i` step (openzfs/zfs#12415),
   so a bookmark is only ever used as the first `from`.
-* A resume token resumes exactly one snapshot (openzfs/zfs#16764) and only
-  with the send flags it was started with; a token that does not fit the
-  source any more is aborted rather than fed a mismatching stream.
+* A resume token resumes exactly one snapshot (openzfs/zfs#16764), with the
+  flags recorded in the token; a token whose snapshots are gone from the
+  source, or whose raw mode differs from ours, is aborted rather than fed a
+  mismatching stream.
 * An incremental receive without force fails with ETXTBSY when the target
   was modified or has snapshots after the base ("destination has been
   modified", the top complaint against every tool). We never receive with
@@ -117,7 +118,11 @@ def token_fits(state_src: DatasetState, target: DatasetState, flags: tuple[str, 
         return False
     if tok.fromguid is not None and tok.fromguid not in src:
         return False
-    return set(tok.flags) == set(flags)
+    # The kernel records only the features the stream really used (no
+    # largeblockok without large blocks), and a resume sends with the token's
+    # own flags, as `zfs send -t` does. What must match is raw or not: mixing
+    # raw and non-raw streams is refused or worse (openzfs/zfs#8375).
+    return ("raw" in tok.flags) == ("raw" in flags)
 
 
 def plan_replication(source: DatasetState, target: DatasetState, prefix: str,

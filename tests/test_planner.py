@@ -144,9 +144,15 @@ def test_token_for_a_snapshot_gone_from_the_source_is_aborted():
     assert [st.to.guid for st in plan.steps] == [1003]
 
 
-def test_token_with_other_send_flags_is_aborted():
-    plan = plan_replication(side(s(1), s(2)), target(s(1), resume=token(s(2), s(1), flags=("compress",))), P, FLAGS)
+def test_token_of_a_raw_send_is_aborted_when_sending_non_raw():
+    plan = plan_replication(side(s(1), s(2)), target(s(1), resume=token(s(2), s(1), flags=("raw",))), P, FLAGS)
     assert plan.abort_resume and plan.steps[0].resume_token is None
+
+
+def test_token_without_features_the_stream_did_not_use_still_fits():
+    # The kernel omits largeblockok when the stream had no large blocks.
+    plan = plan_replication(side(s(1), s(2)), target(s(1), resume=token(s(2), s(1), flags=("compress",))), P, FLAGS)
+    assert not plan.abort_resume and plan.steps[0].resume_token
 
 
 def test_prune_keeps_the_newest_and_protected_and_held_snapshots():
