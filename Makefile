@@ -43,7 +43,7 @@ test: deps
 	exit $$rc
 
 demo: lab-up
-	@$(LAB) run pve1 sh /opt/pvezfsha/tests/lab/demo.sh
+	@$(LAB) run pve1 python3 /opt/pvezfsha/tests/lab/demo.py
 
 bench: lab-up
 	@$(LAB) run pve1 python3 /opt/pvezfsha/bench/bench_sync.py

@@ -55,9 +55,9 @@ class SyncContext:
     dry_run: bool = False
 
 
-def take_snapshots(datasets: list[str], prefix: str, now: dt.datetime) -> str:
+def take_snapshots(states: dict[str, DatasetState], datasets: list[str], prefix: str, now: dt.datetime) -> str:
     """One lzc_snapshot per pool, so all datasets of a pool share one txg."""
-    name = snapshot_name(prefix, now)
+    name = snapshot_name(prefix, now, taken={s.name for ds in datasets for s in states[ds].snapshots})
     by_pool: dict[str, list[str]] = {}
     for ds in datasets:
         by_pool.setdefault(ds.split("/", 1)[0], []).append(f"{ds}@{name}")
@@ -94,6 +94,9 @@ def sync_container(ctx: SyncContext, ct: Container) -> int:
         if not datasets:
             return 0
 
+        if not ctx.dry_run:
+            for pool in sorted({name.split("/", 1)[0] for name, _ in datasets}):
+                zfs.sync_pool(pool)
         states: dict[str, DatasetState] = {}
         for name, _ in list(datasets):
             st = zfs.read_state(name)
@@ -110,7 +113,7 @@ def sync_container(ctx: SyncContext, ct: Container) -> int:
             if ctx.dry_run:
                 logger.info(f"CT {ct.ctid}: would snapshot {', '.join(changed)} as @{snapshot_name(prefix, now)}")
             else:
-                take_snapshots(changed, prefix, now)
+                take_snapshots(states, changed, prefix, now)
                 for n in changed:
                     states[n] = zfs.read_state(n)
 

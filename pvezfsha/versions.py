@@ -90,8 +90,14 @@ class DatasetState:
         return cls(**d)
 
 
-def snapshot_name(prefix: str, when: dt.datetime) -> str:
-    return f"{prefix}_{when.astimezone(dt.timezone.utc):%Y%m%dT%H%M%SZ}"
+def snapshot_name(prefix: str, when: dt.datetime, taken: set[str] = frozenset()) -> str:
+    """<prefix>_<UTC time>, with _2, _3... if that second is already taken."""
+    base = name = f"{prefix}_{when.astimezone(dt.timezone.utc):%Y%m%dT%H%M%SZ}"
+    n = 1
+    while name in taken:
+        n += 1
+        name = f"{base}_{n}"
+    return name
 
 
 def is_replication_snapshot(name: str, prefix: str) -> bool:

@@ -200,6 +200,12 @@ def decode_token(token: str) -> ResumeToken | None:
                        offset=nv.get(b"offset", 0), bytes=nv.get(b"bytes", 0), flags=flags)
 
 
+def sync_pool(pool: str) -> None:
+    """Wait for dirty data to reach disk: `written` only counts synced txgs,
+    so without this a write made seconds ago looks like no change at all."""
+    _call(f"sync pool {pool}", lzc.lzc_sync, _b(pool))
+
+
 def snapshot(names: list[str], props: dict[str, str] | None = None) -> None:
     """Atomic across datasets of one pool: one txg, all or nothing."""
     p = {_b(k): _b(v) for k, v in (props or {}).items()} or None

@@ -4,7 +4,7 @@ relies on after `pvezfsha sync`."""
 import re
 import time
 
-from conftest import checksums, sh, snapshots, step_bytes, zfs_get
+from labnode import checksums, replication_name, sh, snapshots, step_bytes, zfs_get
 
 
 def test_files_are_identical_by_checksum_after_replication(group):
@@ -22,15 +22,16 @@ def test_files_are_identical_by_checksum_after_replication(group):
 def test_every_intermediate_snapshot_is_sent_in_order(group):
     group.write("0.bin")
     group.sync()
+    names = [replication_name(i) for i in range(3)]
     for i in range(3):
         group.write(f"{i + 1}.bin")
-        sh("pve1", ["zfs", "snapshot", f"{group.ds}@pvezfsha_20300101T00000{i}Z"])
+        sh("pve1", ["zfs", "snapshot", f"{group.ds}@{names[i]}"])
     p = group.sync()
     assert "3 snapshot(s)" in p.stderr, p.stderr
     src = snapshots("pve1", group.ds)
     # Same names and guids, same order; a new snapshot was not needed.
     assert snapshots("pve2", group.ds) == src
-    assert [n.split("@")[1] for n, _ in src[-3:]] == [f"pvezfsha_20300101T00000{i}Z" for i in range(3)]
+    assert [n.split("@")[1] for n, _ in src[-3:]] == names
 
 
 def test_interrupted_transfer_resumes_and_sends_less_than_the_total(group):
