@@ -36,6 +36,21 @@ def parser() -> argparse.ArgumentParser:
     st.add_argument("ctids", nargs="*", type=_ctid, metavar="CTID")
     st.add_argument("--json", action="store_true", help="machine-readable output")
     sub.add_parser("receive", help="receiving end of a sync, run over ssh by the primary")
+    h = sub.add_parser("hook", help="what the Proxmox hookscript runs: hook <vmid> <phase>")
+    h.add_argument("vmid")
+    h.add_argument("phase")
+    for name, text in (("promote", "take over on this node: the pre-start decision, run by hand"),
+                       ("demote", "make this node's copies inert replicas (unmounted, readonly)")):
+        c = sub.add_parser(name, help=text)
+        c.add_argument("ctid", type=_ctid, metavar="CTID")
+        c.add_argument("--force", action="store_true",
+                       help="promote: accept a stale replica or a config elsewhere; demote: even on the primary")
+    d = sub.add_parser("diverged", help="list diverged data kept aside, and how to recover it")
+    d.add_argument("ctids", nargs="*", type=_ctid, metavar="CTID")
+    t = sub.add_parser("transfer", help="push to one node for its takeover (run over ssh by the hook)")
+    t.add_argument("ctid", type=_ctid, metavar="CTID")
+    t.add_argument("--to", required=True, metavar="NODE")
+    t.add_argument("--final", action="store_true", help="hand over: make this node read-only, snapshot, push")
     return p
 
 
@@ -43,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if not args.command:
         parser().print_usage(sys.stderr)
-        print("pvezfsha: error: a command is required (sync, status, receive)", file=sys.stderr)
+        print("pvezfsha: error: a command is required (sync, status, promote, demote, diverged, ...)",
+              file=sys.stderr)
         return 2
 
     from loguru import logger
@@ -56,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "receive":
             from pvezfsha import receive
             return receive.main()
+        if args.command == "hook":
+            from pvezfsha import hook
+            return hook.run(lambda: config.load(args.config), args.vmid, args.phase)
         cfg = config.load(args.config)
         if args.command == "sync":
             from pvezfsha import sync
@@ -63,6 +82,18 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "status":
             from pvezfsha import status
             return status.run(cfg, args.ctids, as_json=args.json)
+        if args.command in ("promote", "demote"):
+            from pvezfsha import hook
+            from pvezfsha.cluster import Cluster
+            from pvezfsha.sync import select_containers
+            ct = select_containers(cfg, [args.ctid])[0]
+            return getattr(hook, args.command)(cfg, ct, Cluster(), args.force)
+        if args.command == "diverged":
+            from pvezfsha import status
+            return status.diverged(cfg, args.ctids)
+        if args.command == "transfer":
+            from pvezfsha import sync
+            return sync.transfer(cfg, args.ctid, args.to, args.final)
     except PvezfshaError as e:
         logger.error(str(e))
         return e.exit_code

@@ -61,13 +61,3 @@ class Cluster:
             return overrides[node]
         member = self.members().get(node)
         return member.ip if member and member.ip else node
-
-
-def primary_of(cluster: Cluster, ctid: int) -> str | None:
-    """The single home of "who is primary for this container".
-
-    Proxmox decides and pvezfsha follows: the primary is the node that owns
-    the container's config. The failover work adds a quorum-guarded record
-    with an epoch here, and nowhere else.
-    """
-    return cluster.owner(ctid)

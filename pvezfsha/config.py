@@ -82,6 +82,8 @@ class Options:
     raw: str = "auto"  # auto: raw exactly when the dataset is encrypted
     ssh_connect_timeout: float = 10.0
     stall_timeout: float = 300.0
+    handover_timeout: float = 900.0
+    final_push_timeout: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,8 @@ _OPTION_KEYS = {
                              ("auto", "always", "never")),
     "ssh_connect_timeout": lambda v: _positive(parse_duration(v)),
     "stall_timeout": lambda v: _positive(parse_duration(v)),
+    "handover_timeout": lambda v: _positive(parse_duration(v)),
+    "final_push_timeout": lambda v: _positive(parse_duration(v)),
 }
 _DEFAULTS_KEYS = set(_OPTION_KEYS) | {"interval", "ssh_user", "ssh_port"}
 _CONTAINER_KEYS = set(_OPTION_KEYS) | {"ctid", "datasets", "nodes"}

@@ -72,10 +72,13 @@ def send_flags(options: Options, source: DatasetState) -> tuple[str, ...]:
 
 
 class Replicator:
-    def __init__(self, session: Session, peer: str, options: Options):
+    def __init__(self, session: Session, peer: str, options: Options, *, ctid: int = 0, epoch: int = 0):
         self.session = session
         self.peer = peer
         self.options = options
+        # Sent with every request that changes the peer, so a peer that knows
+        # of a later takeover refuses a stale sender (fencing).
+        self.fence = {"ctid": ctid, "epoch": epoch}
         self._held: set[str] = set()   # step holds this run placed
 
     def remote_state(self, dataset: str) -> DatasetState:
@@ -91,7 +94,7 @@ class Replicator:
         if isinstance(plan, Conflict) and plan.kind == "diverged":
             logger.warning(f"{dst_ds} on {self.peer}: {plan.describe()}")
             res = self.session.request("keep_diverged", dataset=dst_ds, base_guid=plan.base.guid,
-                                       prefix=self.options.snapshot_prefix)
+                                       prefix=self.options.snapshot_prefix, **self.fence)
             out.kept = res["kept"]
             target = DatasetState.from_dict(res["state"])
             plan = plan_replication(source, target, self.options.snapshot_prefix, send_flags(self.options, source))
@@ -99,7 +102,7 @@ class Replicator:
             raise ZfsError(f"{dst_ds} on {self.peer}: {plan.describe()}", kind=plan.kind)
         if plan.abort_resume:
             logger.info(f"{dst_ds} on {self.peer}: dropping a partial receive that no longer fits the source")
-            target = DatasetState.from_dict(self.session.request("abort_resume", dataset=dst_ds)["state"])
+            target = DatasetState.from_dict(self.session.request("abort_resume", dataset=dst_ds, **self.fence)["state"])
 
         flags = send_flags(self.options, source)
         t0 = time.monotonic()
@@ -131,7 +134,7 @@ class Replicator:
                 zfs.send(to, frm, fd, flags)
 
         header = {"op": "receive", "snapshot": f"{dst_ds}@{step.to.name}", "guid": step.to.guid,
-                  "force": step.force, "raw": "raw" in flags}
+                  "force": step.force, "raw": "raw" in flags, **self.fence}
         res = self.session.send_stream(header, produce, rate_limit=self.options.bandwidth_limit)
         out.steps.append(step.describe())
         out.bytes += res.bytes
@@ -161,6 +164,6 @@ class Replicator:
         doomed = plan_prune(target, self.options.snapshot_prefix, self.options.keep, {target.newest.guid})
         if not doomed:
             return 0
-        res = self.session.request("destroy", dataset=dst_ds,
+        res = self.session.request("destroy", dataset=dst_ds, **self.fence,
                                    snapshots=[{"name": v.name, "guid": v.guid} for v in doomed])
         return int(res.get("destroyed", 0))

@@ -21,6 +21,9 @@ from contextlib import ExitStack
 from loguru import logger
 
 from pvezfsha import __version__, divergence, zfs, zfscli
+from pvezfsha import replica
+from pvezfsha.record import RecordStore
+from pvezfsha.replica import INERT
 from pvezfsha.cluster import Cluster
 from pvezfsha.config import check_dataset_name
 from pvezfsha.errors import PvezfshaError, ZfsError
@@ -28,15 +31,14 @@ from pvezfsha.state import Locked, dataset_lock
 from pvezfsha.transport import PROTOCOL, read_line, write_json
 from pvezfsha.versions import HOLD_LAST
 
-INERT = {"readonly": "on", "canmount": "noauto"}
-
-
 class Server:
     def __init__(self, in_fd: int = 0, out_fd: int = 1):
         self.in_fd, self.out_fd = in_fd, out_fd
         self.locks = ExitStack()
         self.locked: set[str] = set()
-        self.node = Cluster().local_node()
+        cluster = Cluster()
+        self.node = cluster.local_node()
+        self.store = RecordStore(cluster.root)
 
     def _lock(self, dataset: str) -> None:
         # Held for the rest of the session: a local run must not touch a
@@ -55,6 +57,22 @@ class Server:
             return check_dataset_name(name)
         except ValueError as e:
             raise ZfsError(str(e), kind="BadRequest") from None
+
+    def _fence(self, req: dict, dataset: str) -> None:
+        """Refuse a sender that is behind a takeover we know of, and make sure
+        our own copy is inert before it changes (a node that is no longer
+        primary demotes itself before anything else)."""
+        ctid, epoch = req.get("ctid") or 0, int(req.get("epoch") or 0)
+        rec = self.store.read(int(ctid)) if ctid else None
+        if rec is not None and epoch < rec.epoch:
+            raise ZfsError(f"refusing a sender at epoch {epoch}: CT {ctid} is at epoch {rec.epoch} "
+                           f"with primary {rec.primary}", kind="StaleEpoch")
+        st = zfs.read_state(dataset)
+        if replica.epoch_of(st) > epoch:
+            raise ZfsError(f"refusing a sender at epoch {epoch}: {dataset} here was promoted at epoch "
+                           f"{replica.epoch_of(st)}", kind="StaleEpoch")
+        if rec is not None and rec.primary != self.node and st.exists and (st.mounted or not st.readonly):
+            replica.demote(dataset, f"{rec.primary} is primary at epoch {rec.epoch}")
 
     # -- requests ------------------------------------------------------------
 
@@ -76,6 +94,7 @@ class Server:
         if not short:
             raise ZfsError(f"{snap!r} is not a snapshot name", kind="BadRequest")
         self._lock(ds)
+        self._fence(req, ds)
         zfs.receive(snap, self.in_fd, force=bool(req.get("force")), raw=bool(req.get("raw")))
         st = zfs.read_state(ds)
         got = next((s for s in st.snapshots if s.name == short), None)
@@ -93,6 +112,7 @@ class Server:
     def op_abort_resume(self, req: dict) -> dict:
         ds = self._dataset(req)
         self._lock(ds)
+        self._fence(req, ds)
         zfs.abort_receive(ds)
         logger.info(f"{ds}: aborted a partial receive that no longer matches the source")
         return {"state": zfs.read_state(ds).to_dict()}
@@ -100,6 +120,7 @@ class Server:
     def op_keep_diverged(self, req: dict) -> dict:
         ds = self._dataset(req)
         self._lock(ds)
+        self._fence(req, ds)
         result = divergence.keep_diverged(ds, int(req["base_guid"]), req["prefix"], self.node)
         return {**result, "state": zfs.read_state(ds).to_dict()}
 
@@ -107,6 +128,7 @@ class Server:
         """Prune: destroy snapshots named by the sender, each checked by guid."""
         ds = self._dataset(req)
         self._lock(ds)
+        self._fence(req, ds)
         st = zfs.read_state(ds)
         by_name = {s.name: s for s in st.snapshots}
         doomed = []

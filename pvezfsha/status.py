@@ -12,8 +12,11 @@ import json
 import time
 
 from pvezfsha import zfs
-from pvezfsha.cluster import Cluster, primary_of
-from pvezfsha.config import Config
+from pvezfsha.cluster import Cluster
+from pvezfsha.config import Config, Container
+from pvezfsha.divergence import KEPT_PROP
+from pvezfsha.record import RecordError, RecordStore
+from pvezfsha.role import role_of
 from pvezfsha.sync import cursor_guid, select_containers
 
 
@@ -31,13 +34,21 @@ def collect(cfg: Config, ctids: list[int], cluster: Cluster) -> list[dict]:
     local = cluster.local_node()
     now = time.time()
     rows = []
+    store = RecordStore(cluster.root)
     for ct in select_containers(cfg, ctids):
-        primary = primary_of(cluster, ct.ctid)
+        try:
+            role = role_of(cluster, store, ct.ctid)
+        except RecordError as e:
+            rows.append({"ctid": ct.ctid, "dataset": "-", "node": local, "primary": None, "role": "?",
+                         "standbys": [], "error": str(e)})
+            continue
+        primary = role.primary
         prefix = ct.options.snapshot_prefix
         for ds in ct.datasets:
             name = ds.on(local)
-            row = {"ctid": ct.ctid, "dataset": name, "node": local, "primary": primary,
-                   "role": "primary" if primary == local else "standby", "standbys": []}
+            row = {"ctid": ct.ctid, "dataset": name, "node": local, "primary": primary, "epoch": role.epoch,
+                   "owner": role.owner, "role": role.describe(local), "standbys": [],
+                   "diverged": kept_for(name)}
             try:
                 st = zfs.read_state(name)
             except Exception as e:  # one broken dataset must not hide the others
@@ -69,7 +80,8 @@ def collect(cfg: Config, ctids: list[int], cluster: Cluster) -> list[dict]:
 def render(rows: list[dict]) -> str:
     out = []
     for r in rows:
-        head = f"CT {r['ctid']}  {r['dataset']}  primary={r['primary'] or '?'}  this node={r['node']} ({r['role']})"
+        head = (f"CT {r['ctid']}  {r['dataset']}  primary={r['primary'] or '?'}"
+                + (f" (epoch {r['epoch']})" if r.get("epoch") else "") + f"  this node={r['node']}: {r['role']}")
         out.append(head)
         if "error" in r:
             out.append(f"    error: {r['error']}")
@@ -79,7 +91,40 @@ def render(rows: list[dict]) -> str:
         for s in r["standbys"]:
             state = "behind" if s["behind"] else "in sync"
             out.append(f"    standby {s['node']}: common @{s['common'] or '-'} (age {age(s['common_age'])}) {state}")
+        for kept, info in r.get("diverged", {}).items():
+            out.append(f"    DIVERGED data kept as {kept} ({info}); see `pvezfsha diverged {r['ctid']}`")
     return "\n".join(out)
+
+
+def kept_for(dataset: str) -> dict[str, str]:
+    """Diverged states kept beside `dataset` (divergence.py names them)."""
+    parent = dataset.rsplit("/", 1)[0] if "/" in dataset else dataset
+    try:
+        found = zfs.children_with_prop(parent, KEPT_PROP)
+    except Exception:  # listing is a courtesy here; status must still print
+        return {}
+    return {k: v for k, v in sorted(found.items()) if k.startswith(dataset + "-")}
+
+
+def diverged(cfg: Config, ctids: list[int], cluster: Cluster | None = None) -> int:
+    """What was kept, and the commands to look at it or bring it back."""
+    local = (cluster or Cluster()).local_node()
+    any_found = False
+    for ct in select_containers(cfg, ctids):
+        for ds in ct.datasets:
+            name = ds.on(local)
+            for kept, info in kept_for(name).items():
+                any_found = True
+                mnt = "/mnt/" + kept.replace("/", "_")
+                print(f"CT {ct.ctid}  {name} on {local}: diverged data kept as {kept}\n"
+                      f"    {info}\n"
+                      f"    look at it:   zfs set mountpoint={mnt} {kept} && zfs mount {kept}   (read-only)\n"
+                      f"    its snapshots: zfs list -t snapshot -r {kept}\n"
+                      f"    bring files back: copy them from {mnt} into the container's data on the primary\n"
+                      f"    when done:    zfs destroy -r {kept}   (pvezfsha never deletes it)")
+    if not any_found:
+        print(f"no diverged data kept on {local}")
+    return 0
 
 
 def run(cfg: Config, ctids: list[int], as_json: bool = False, cluster: Cluster | None = None) -> int:

@@ -1,26 +1,38 @@
-"""`pvezfsha sync`: one replication cycle for the containers this node runs.
+"""`pvezfsha sync` and `pvezfsha transfer`: replication cycles.
 
-Per container: is this node the primary? Lock the datasets, take one atomic
-snapshot of those that changed, then for each standby open one ssh session
-and bring every dataset up to date, then prune the source. A cycle where
-nothing changed and every standby's cursor is at the newest snapshot costs
-one channel program per dataset and no ssh at all.
+sync, per container: only on the primary (role.py), lock the datasets, take
+one atomic snapshot of those that changed, then for each standby open one
+ssh session and bring every dataset up to date, prune, and record in the
+cluster record what each standby holds. A cycle where nothing changed and
+every standby's cursor is at the newest snapshot opens no ssh connection.
+
+A node that finds another node recorded as primary demotes its own copies
+before anything else (fencing), and a node without quorum replicates
+nothing: its view of the cluster may be stale.
+
+transfer is the same push, run on another node by a takeover: the old
+primary's final handover (demote, last snapshot, push), or a catch-up from
+a standby that holds more than the node taking over.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
+import time
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from loguru import logger
 
-from pvezfsha import zfs
-from pvezfsha.cluster import Cluster, primary_of
+from pvezfsha import replica, zfs
+from pvezfsha.cluster import Cluster
 from pvezfsha.config import Config, Container
-from pvezfsha.engine import Replicator, human_bytes, send_flags
+from pvezfsha.engine import Outcome, Replicator, send_flags
 from pvezfsha.errors import PvezfshaError, UsageError
 from pvezfsha.planner import Conflict, plan_prune
+from pvezfsha.record import Record, RecordError, RecordStore, Replica
+from pvezfsha.role import role_of
 from pvezfsha.state import Locked, dataset_lock
 from pvezfsha.transport import Session, ssh_argv
 from pvezfsha.versions import DatasetState, cursor_node, is_replication_snapshot, snapshot_name
@@ -33,26 +45,23 @@ def select_containers(cfg: Config, ctids: list[int]) -> list[Container]:
     return [cfg.containers[c] for c in (ctids or sorted(cfg.containers))]
 
 
+def newest_replication(state: DatasetState, prefix: str):
+    return next((s for s in reversed(state.snapshots) if is_replication_snapshot(s.name, prefix)), None)
+
+
 def needs_snapshot(state: DatasetState, prefix: str) -> bool:
     """A new replication snapshot only when something changed since the last one."""
     newest = state.newest
     if newest is None or state.written:
         return True
     # Someone else's newer snapshot (sanoid) may hide changes from `written`.
-    last_ours = next((s for s in reversed(state.snapshots) if is_replication_snapshot(s.name, prefix)), None)
+    last_ours = newest_replication(state, prefix)
     return last_ours is None or last_ours.guid != newest.guid
 
 
 def cursor_guid(state: DatasetState, prefix: str, node: str) -> int | None:
     guids = [b for b in state.bookmarks if cursor_node(b.name, prefix) == node]
     return max(guids, key=lambda b: b.createtxg).guid if guids else None
-
-
-@dataclass
-class SyncContext:
-    cfg: Config
-    cluster: Cluster
-    dry_run: bool = False
 
 
 def take_snapshots(states: dict[str, DatasetState], datasets: list[str], prefix: str, now: dt.datetime) -> str:
@@ -66,22 +75,43 @@ def take_snapshots(states: dict[str, DatasetState], datasets: list[str], prefix:
     return name
 
 
-def sync_container(ctx: SyncContext, ct: Container) -> int:
+@dataclass
+class SyncContext:
+    cfg: Config
+    cluster: Cluster
+    dry_run: bool = False
+
+    @property
+    def store(self) -> RecordStore:
+        return RecordStore(self.cluster.root)
+
+
+@dataclass
+class Cycle:
+    """The result of one push from this node: per peer, per dataset."""
+
+    rc: int = 0
+    started: float = 0.0                   # when the pushed data was current
+    states: dict[str, DatasetState] = field(default_factory=dict)   # local, after the cycle
+    outcomes: dict[str, list[Outcome]] = field(default_factory=dict)
+    reached: set[str] = field(default_factory=set)                  # peers confirmed in sync
+
+    def totals(self) -> tuple[int, int]:
+        outs = [o for per in self.outcomes.values() for o in per]
+        return sum(len(o.steps) for o in outs), sum(o.bytes for o in outs)
+
+
+def replicate(ctx: SyncContext, ct: Container, peers: list[str], *, epoch: int,
+              snapshot: bool = True, prune: bool = True, before=None) -> Cycle:
+    """Push this node's copies of `ct`'s datasets to `peers`.
+
+    `before(datasets)` runs once the locks are held and before anything is
+    read: the handover uses it to make the old primary read-only first.
+    """
     local = ctx.cluster.local_node()
     opts = ct.options
     prefix = opts.snapshot_prefix
-    if local not in ct.nodes:
-        logger.info(f"CT {ct.ctid}: this node ({local}) is not one of its nodes ({', '.join(ct.nodes)}); nothing to do")
-        return 0
-    primary = primary_of(ctx.cluster, ct.ctid)
-    if primary is None:
-        logger.error(f"CT {ct.ctid}: not found in {ctx.cluster.root}/.vmlist; is the container id right?")
-        return 1
-    if primary != local:
-        logger.info(f"CT {ct.ctid}: this node ({local}) is a standby; primary is {primary}; nothing to do")
-        return 0
-
-    rc = 0
+    cycle = Cycle()
     with ExitStack() as locks:
         datasets: list[tuple[str, dict[str, str]]] = []   # local name, {peer: remote name}
         for ds in ct.datasets:
@@ -90,79 +120,88 @@ def sync_container(ctx: SyncContext, ct: Container) -> int:
             except Locked as e:
                 logger.info(f"CT {ct.ctid}: {e}; skipping it this cycle")
                 continue
-            datasets.append((ds.on(local), {n: ds.on(n) for n in ct.nodes if n != local}))
+            datasets.append((ds.on(local), {n: ds.on(n) for n in peers}))
         if not datasets:
-            return 0
+            return cycle
+        if before is not None:
+            before([name for name, _ in datasets])
 
         if not ctx.dry_run:
             for pool in sorted({name.split("/", 1)[0] for name, _ in datasets}):
                 zfs.sync_pool(pool)
-        states: dict[str, DatasetState] = {}
-        for name, _ in list(datasets):
+        cycle.started = time.time()
+        for name, remotes in list(datasets):
             st = zfs.read_state(name)
             if not st.exists:
                 logger.error(f"CT {ct.ctid}: {name} does not exist on {local}")
-                datasets.remove((name, _))
-                rc = 1
+                datasets.remove((name, remotes))
+                cycle.rc = 1
                 continue
-            states[name] = st
+            cycle.states[name] = st
 
-        changed = [n for n, _ in datasets if needs_snapshot(states[n], prefix)]
+        changed = [n for n, _ in datasets if snapshot and needs_snapshot(cycle.states[n], prefix)]
         if changed:
             now = dt.datetime.now(dt.timezone.utc)
             if ctx.dry_run:
                 logger.info(f"CT {ct.ctid}: would snapshot {', '.join(changed)} as @{snapshot_name(prefix, now)}")
             else:
-                take_snapshots(states, changed, prefix, now)
+                take_snapshots(cycle.states, changed, prefix, now)
                 for n in changed:
-                    states[n] = zfs.read_state(n)
+                    cycle.states[n] = zfs.read_state(n)
 
-        for peer in [n for n in ct.nodes if n != local]:
-            rc |= sync_peer(ctx, ct, peer, datasets, states)
+        for peer in peers:
+            rc, outs = sync_peer(ctx, ct, peer, datasets, cycle.states, epoch)
+            cycle.rc |= rc
+            cycle.outcomes[peer] = outs
+            if rc == 0:
+                cycle.reached.add(peer)
 
         if not ctx.dry_run:
             for name, remotes in datasets:
                 st = zfs.read_state(name)
-                protect = {g for g in (cursor_guid(st, prefix, p) for p in remotes) if g is not None}
-                doomed = plan_prune(st, prefix, opts.keep, protect)
-                if doomed:
-                    zfs.destroy_snapshots([v.full(name) for v in doomed])
-                    logger.info(f"CT {ct.ctid}: {name}: pruned {len(doomed)} old snapshot(s) on {local}")
-                # Cursors and step holds of nodes no longer in the group are leaks.
-                gone = [b.full(name) for b in st.bookmarks
-                        if (node := cursor_node(b.name, prefix)) is not None and node not in remotes]
-                zfs.destroy_bookmarks(gone)
-    return rc
+                if prune:
+                    protect = {g for g in (cursor_guid(st, prefix, p) for p in ct.nodes) if g is not None}
+                    doomed = plan_prune(st, prefix, opts.keep, protect)
+                    if doomed:
+                        zfs.destroy_snapshots([v.full(name) for v in doomed])
+                        logger.info(f"CT {ct.ctid}: {name}: pruned {len(doomed)} old snapshot(s) on {local}")
+                        st = zfs.read_state(name)
+                    # Cursors of nodes no longer in the group are leaks.
+                    gone = [b.full(name) for b in st.bookmarks
+                            if (node := cursor_node(b.name, prefix)) is not None and node not in ct.nodes]
+                    zfs.destroy_bookmarks(gone)
+                cycle.states[name] = st
+    return cycle
 
 
-def sync_peer(ctx: SyncContext, ct: Container, peer: str, datasets, states) -> int:
+def sync_peer(ctx: SyncContext, ct: Container, peer: str, datasets, states, epoch: int) -> tuple[int, list[Outcome]]:
     opts = ct.options
     prefix = opts.snapshot_prefix
     todo = []
     for name, remotes in datasets:
-        newest = next((s for s in reversed(states[name].snapshots) if is_replication_snapshot(s.name, prefix)), None)
+        newest = newest_replication(states[name], prefix)
         if newest is not None and cursor_guid(states[name], prefix, peer) == newest.guid and not ctx.dry_run:
             # The cursor proves the standby has the newest snapshot.
             logger.info(f"CT {ct.ctid}: {name} -> {peer}: nothing to do (has @{newest.name})")
             continue
         todo.append((name, remotes[peer]))
     if not todo:
-        return 0
+        return 0, []
 
     address = ctx.cluster.address(peer, ctx.cfg.addresses)
     argv = ssh_argv(address, user=ctx.cfg.ssh_user, port=ctx.cfg.ssh_port, connect_timeout=opts.ssh_connect_timeout)
     try:
         session = Session(argv, peer, stall_timeout=opts.stall_timeout)
     except PvezfshaError as e:
-        logger.error(f"CT {ct.ctid}: cannot reach standby {peer} ({address}): {e}")
-        return 1
-    rc = 0
+        logger.error(f"CT {ct.ctid}: cannot reach {peer} ({address}): {e}")
+        return 1, []
+    rc, outs = 0, []
     with session:
-        rep = Replicator(session, peer, opts)
+        rep = Replicator(session, peer, opts, ctid=ct.ctid, epoch=epoch)
         for name, remote in todo:
             try:
                 if ctx.dry_run:
-                    plan, target = rep.plan(name, states[name], remote)
+                    plan, _ = rep.plan(name, states[name], remote)
                     if isinstance(plan, Conflict):
                         logger.info(f"CT {ct.ctid}: {name} -> {peer}:{remote}: {plan.describe()}")
                     else:
@@ -171,13 +210,84 @@ def sync_peer(ctx: SyncContext, ct: Container, peer: str, datasets, states) -> i
                         logger.info(f"CT {ct.ctid}: {name} -> {peer}:{remote}: {plan.reason}: {steps} [{flags}]")
                     continue
                 out = rep.replicate(name, remote, states[name])
+                outs.append(out)
                 logger.info(f"CT {ct.ctid}: {name} -> {peer}: {out.summary()}")
             except PvezfshaError as e:
                 logger.error(f"CT {ct.ctid}: {name} -> {peer}: {e}")
                 rc = 1
                 if session.proc.poll() is not None:
                     break   # the session is gone; the other datasets wait for the next cycle
-    return rc
+    return rc, outs
+
+
+def record_cycle(ctx: SyncContext, ct: Container, cycle: Cycle, epoch: int) -> None:
+    """Write down what each node holds, for the freshness gate at takeover.
+
+    A standby whose cursor is at our newest snapshot held all our data as of
+    the start of this cycle (the pool was flushed before the states were
+    read), even if no snapshot was needed.
+    """
+    local = ctx.cluster.local_node()
+    prefix = ct.options.snapshot_prefix
+    store = ctx.store
+    with store.locked(ct.ctid):
+        rec = store.read(ct.ctid)
+        if rec is None:
+            rec = Record(ct.ctid, primary=local, epoch=max(1, epoch), changed=time.time(), changed_by=local,
+                         reason="first replication cycle")
+        elif rec.primary != local or rec.epoch != epoch:
+            logger.warning(f"CT {ct.ctid}: the record changed during this cycle (primary {rec.primary}, "
+                           f"epoch {rec.epoch}); not updating it")
+            return
+        for ds in ct.datasets:
+            st = cycle.states.get(ds.on(local))
+            newest = newest_replication(st, prefix) if st else None
+            if newest is None:
+                continue
+            rec.replicas.setdefault(local, {})[ds.name] = Replica(newest.guid, newest.name, newest.creation,
+                                                                 cycle.started)
+            by_guid = st.by_guid()
+            for peer in (n for n in ct.nodes if n != local):
+                g = cursor_guid(st, prefix, peer)
+                v = by_guid.get(g) if g is not None else None
+                if v is None:
+                    continue
+                old = rec.replicas.get(peer, {}).get(ds.name)
+                in_sync = cycle.started if v.guid == newest.guid else (old.in_sync_at if old and old.guid == v.guid
+                                                                       else 0)
+                rec.replicas.setdefault(peer, {})[ds.name] = Replica(v.guid, v.name, v.creation, in_sync)
+        store.write(rec)
+
+
+def sync_container(ctx: SyncContext, ct: Container) -> int:
+    local = ctx.cluster.local_node()
+    if local not in ct.nodes:
+        logger.info(f"CT {ct.ctid}: this node ({local}) is not one of its nodes ({', '.join(ct.nodes)}); nothing to do")
+        return 0
+    if not ctx.cluster.is_quorate():
+        logger.warning(f"CT {ct.ctid}: this node is not quorate; its view of the cluster may be stale, "
+                       f"so it replicates nothing")
+        return 1
+    role = role_of(ctx.cluster, ctx.store, ct.ctid)
+    if role.owner is None:
+        logger.error(f"CT {ct.ctid}: not found in {ctx.cluster.root}/.vmlist; is the container id right?")
+        return 1
+    if not role.is_primary(local):
+        if role.record is not None and role.primary != local and not ctx.dry_run:
+            # Fencing: another node took over; our copies must not change any more.
+            for ds in ct.datasets:
+                replica.demote(ds.on(local), f"{role.primary} is primary at epoch {role.epoch}")
+        logger.info(f"CT {ct.ctid}: this node ({local}) is {role.describe(local)}; nothing to do")
+        return 0
+    peers = [n for n in ct.nodes if n != local]
+    cycle = replicate(ctx, ct, peers, epoch=role.epoch)
+    if not ctx.dry_run and cycle.states:
+        try:
+            record_cycle(ctx, ct, cycle, role.epoch)
+        except RecordError as e:
+            logger.error(f"CT {ct.ctid}: {e}")
+            return 1
+    return cycle.rc
 
 
 def run(cfg: Config, ctids: list[int], dry_run: bool = False, cluster: Cluster | None = None) -> int:
@@ -188,4 +298,28 @@ def run(cfg: Config, ctids: list[int], dry_run: bool = False, cluster: Cluster |
     return rc
 
 
-__all__ = ["run", "human_bytes"]
+def transfer(cfg: Config, ctid: int, to: str, final: bool, cluster: Cluster | None = None) -> int:
+    """Run on another node by a takeover; prints one JSON line for it."""
+    ctx = SyncContext(cfg, cluster or Cluster())
+    ct = select_containers(cfg, [ctid])[0]
+    local = ctx.cluster.local_node()
+    if to not in ct.nodes or to == local:
+        raise UsageError(f"--to {to}: not another node of container {ctid} ({', '.join(ct.nodes)})")
+    role = role_of(ctx.cluster, ctx.store, ct.ctid)
+    before = None
+    if final:
+        if role.primary != local:
+            raise PvezfshaError(f"CT {ctid}: this node ({local}) is not the recorded primary "
+                                f"({role.primary}); there is nothing to hand over")
+
+        def before(names):
+            # Nothing may change after the final snapshot.
+            for name in names:
+                replica.demote(name, f"handing over to {to}")
+    cycle = replicate(ctx, ct, [to], epoch=role.epoch, snapshot=final, prune=False, before=before)
+    steps, nbytes = cycle.totals()
+    newest = {name: (newest_replication(st, ct.options.snapshot_prefix) or st.newest).name
+              for name, st in cycle.states.items() if st.snapshots}
+    print(json.dumps({"ok": cycle.rc == 0 and to in cycle.reached, "node": local, "snapshots": steps,
+                      "bytes": nbytes, "newest": newest}), flush=True)
+    return cycle.rc

@@ -109,17 +109,18 @@ def _flag(value) -> bool:
     return _s(value) in ("on", "1", "yes") if not isinstance(value, int) else bool(value)
 
 
-def mounted(dataset: str) -> bool:
-    """From /proc/self/mounts: ZCP cannot read `mounted`."""
+def mountpoint(dataset: str) -> str | None:
+    """Where the dataset is mounted now, from /proc/self/mounts (ZCP cannot
+    read `mounted`)."""
     try:
         with open("/proc/self/mounts", encoding="utf-8") as f:
             for line in f:
-                parts = line.split(" ", 3)
+                parts = line.split(" ")
                 if len(parts) > 2 and parts[2] == "zfs" and parts[0].replace("\\040", " ") == dataset:
-                    return True
+                    return parts[1].replace("\\040", " ")
     except OSError:
         pass
-    return False
+    return None
 
 
 def read_state(dataset: str) -> DatasetState:
@@ -155,10 +156,31 @@ def read_state(dataset: str) -> DatasetState:
         dataset=dataset, exists=True, snapshots=tuple(snaps), bookmarks=tuple(bookmarks),
         resume=resume, written=int(res.get(b"written") or 0), referenced=int(res.get(b"referenced") or 0),
         readonly=_flag(res.get(b"readonly")), canmount=_s(res.get(b"canmount") or "on"),
-        mounted=mounted(dataset), encrypted=_s(res.get(b"encryption") or "off") != "off",
+        mounted=mountpoint(dataset) is not None, encrypted=_s(res.get(b"encryption") or "off") != "off",
         origin=_s(res.get(b"origin") or ""),
         props={_s(k): _s(v) for k, v in (res.get(b"props") or {}).items()},
     )
+
+
+_CHILDREN_PROGRAM = b"""
+args = ...
+local parent = args["argv"][1]
+local prop = args["argv"][2]
+local out = {}
+if not zfs.exists(parent) then return out end
+for child in zfs.list.children(parent) do
+  local value = zfs.get_prop(child, prop)
+  if value ~= nil then out[child] = value end
+end
+return out
+"""
+
+
+def children_with_prop(parent: str, prop: str) -> dict[str, str]:
+    """Direct children of `parent` that have user property `prop` set."""
+    res = _call(f"listing children of {parent}", lzc.lzc_channel_program_nosync, _b(_pool(parent)),
+                _CHILDREN_PROGRAM, params=[_b(parent), _b(prop)])
+    return {_s(k): _s(v) for k, v in (res or {}).items()}
 
 
 def list_bookmarks(dataset: str) -> list[Version]:

@@ -3,7 +3,7 @@
 import json
 import os
 
-from pvezfsha.cluster import Cluster, primary_of
+from pvezfsha.cluster import Cluster
 
 
 def pve(tmp_path, quorate=True):
@@ -17,12 +17,12 @@ def pve(tmp_path, quorate=True):
     return Cluster(tmp_path)
 
 
-def test_primary_is_the_node_that_owns_the_config(tmp_path):
-    assert primary_of(pve(tmp_path), 103) == "pve1"
+def test_owner_is_the_node_whose_directory_holds_the_config(tmp_path):
+    assert pve(tmp_path).owner(103) == "pve1"
 
 
 def test_unknown_container_has_no_primary(tmp_path):
-    assert primary_of(pve(tmp_path), 999) is None
+    assert pve(tmp_path).owner(999) is None
 
 
 def test_local_node_and_members(tmp_path):

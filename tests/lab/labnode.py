@@ -1,5 +1,15 @@
-"""Helpers for driving the two lab nodes from inside pve1: used by the lab
-tests (conftest.py), the demo and the benchmarks."""
+"""Helpers for driving the lab nodes: used by the lab tests (conftest.py),
+the demo and the benchmarks.
+
+They run inside pve1 (commands on pve1 run locally, on the others over the
+nodes' own ssh), or on the host with PVEZFSHA_LAB_HOST=1 (every command goes
+through lab.py's ssh), which the failover tests need: they power nodes off.
+
+pmxcfs is emulated: each node has a plain /etc/pve, and `Group.pmxcfs_sync`
+copies what pvezfsha and "HA" wrote there to the nodes that are up, which is
+what pmxcfs does for a quorate cluster. Quorum is the write bit of
+/etc/pve/local, as PVE checks it.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +22,19 @@ import shlex
 import subprocess
 from pathlib import Path
 
-LOCAL = "pve1"
+ON_HOST = bool(os.environ.get("PVEZFSHA_LAB_HOST"))
+LOCAL = None if ON_HOST else "pve1"
 IPS = {"pve1": "169.254.10.1", "pve2": "169.254.10.2", "pve3": "169.254.10.3"}
+PVE = "/etc/pve"
+_lab = None
+
+
+def lab():
+    global _lab
+    if _lab is None:
+        import lab as labmod   # tests/lab/lab.py, on sys.path via conftest
+        _lab = labmod.Lab()
+    return _lab
 
 
 def sh(node: str, cmd: list[str] | str, *, check: bool = True, env: dict | None = None,
@@ -23,8 +44,13 @@ def sh(node: str, cmd: list[str] | str, *, check: bool = True, env: dict | None 
         cmd = ["sh", "-c", cmd]
     if node != LOCAL:
         prefix = [f"{k}={shlex.quote(v)}" for k, v in (env or {}).items()]
-        argv = ["ssh", "-o", "BatchMode=yes", node, " ".join(["env", *prefix, shlex.join(cmd)] if prefix
-                                                             else [shlex.join(cmd)])]
+        line = " ".join(["env", *prefix, shlex.join(cmd)] if prefix else [shlex.join(cmd)])
+        if ON_HOST:
+            p = lab().ssh(node, line, input=input, timeout=timeout)
+            if check and p.returncode != 0:
+                raise AssertionError(f"{node}: {cmd} exited {p.returncode}\n{p.stdout}\n{p.stderr}")
+            return p
+        argv = ["ssh", "-o", "BatchMode=yes", node, line]
         env = None
     else:
         argv = cmd
@@ -91,28 +117,75 @@ class Group:
         self.datasets = names or [f"tank/t{self.ctid}" + (f"-{i}" if i else "") for i in range(datasets)]
         self.ds = self.datasets[0]
         self.mnt = "/" + self.ds
-        self.pve_root = f"/var/tmp/pve-{self.ctid}"
         self.config = f"/var/tmp/pvezfsha-{self.ctid}.toml"
         self.defaults = {"interval": "1m", "keep": 20, **defaults}
+        self.up = set(nodes)
         for node in nodes:
-            self.write_pve(node, owner="pve1")
+            self.write_members(node)
+            self.set_owner(node, "pve1")
             self.write_config(node)
         for ds in self.datasets if create else ():
-            sh("pve1", ["zfs", "create", ds])
+            sh(nodes[0], ["zfs", "create", ds])
 
-    def write_pve(self, node: str, owner: str) -> None:
+    # -- the emulated cluster ------------------------------------------------
+
+    def write_members(self, node: str, offline: tuple[str, ...] = ()) -> None:
         members = {"nodename": node, "version": 1,
                    "cluster": {"name": "lab", "version": 1, "nodes": len(self.nodes), "quorate": 1},
-                   "nodelist": {n: {"id": i + 1, "online": 1, "ip": IPS[n]} for i, n in enumerate(self.nodes)}}
-        vmlist = {"version": 1, "ids": {str(self.ctid): {"node": owner, "type": "lxc", "version": 1}}}
-        sh(node, f"mkdir -p {self.pve_root}/local && cat > {self.pve_root}/.members && "
-                 f"echo {shlex.quote(json.dumps(vmlist))} > {self.pve_root}/.vmlist",
-           input=json.dumps(members))
+                   "nodelist": {n: {"id": i + 1, "online": 0 if n in offline else 1, "ip": IPS[n]}
+                                for i, n in enumerate(self.nodes)}}
+        sh(node, f"mkdir -p {PVE}/local {PVE}/priv && cat > {PVE}/.members", input=json.dumps(members))
+
+    def set_owner(self, node: str, owner: str) -> None:
+        """Put the container's config on `owner` in node's .vmlist (merged:
+        other tests' containers stay)."""
+        py = ("import json,sys; p='/etc/pve/.vmlist'\n"
+              "try: d=json.load(open(p))\n"
+              "except Exception: d={'version':1,'ids':{}}\n"
+              f"d['ids']['{self.ctid}']={{'node':'{owner}','type':'lxc','version':1}}\n"
+              "json.dump(d,open(p,'w'))")
+        sh(node, ["python3", "-c", py])
 
     def move(self, owner: str) -> None:
-        """What HA does: the config now belongs to `owner`."""
-        for node in self.nodes:
-            self.write_pve(node, owner)
+        """What HA does: the config now belongs to `owner` (on every node up)."""
+        for node in self.up:
+            self.set_owner(node, owner)
+
+    def crashed(self, node: str) -> None:
+        """The cluster noticed `node` is gone: offline in .members elsewhere."""
+        self.up.discard(node)
+        for other in self.up:
+            self.write_members(other, offline=(node,))
+
+    def returned(self, node: str, source: str) -> None:
+        """`node` rejoins: pmxcfs gives it the cluster's current files."""
+        self.up.add(node)
+        for n in self.up:
+            self.write_members(n)
+        rec = sh(source, ["cat", self.record_path], check=False).stdout
+        vm = sh(source, ["cat", f"{PVE}/.vmlist"]).stdout
+        sh(node, f"mkdir -p {PVE}/priv/pvezfsha && cat > {PVE}/.vmlist", input=vm)
+        if rec:
+            sh(node, f"cat > {self.record_path}", input=rec)
+
+    @property
+    def record_path(self) -> str:
+        return f"{PVE}/priv/pvezfsha/{self.ctid}.json"
+
+    def record(self, node: str = "pve1") -> dict | None:
+        out = sh(node, ["cat", self.record_path], check=False).stdout
+        return json.loads(out) if out else None
+
+    def pmxcfs_sync(self, source: str) -> None:
+        """Copy the record `source` wrote to every other node that is up."""
+        rec = sh(source, ["cat", self.record_path], check=False).stdout
+        if not rec:
+            return
+        for node in self.up - {source}:
+            sh(node, f"mkdir -p {PVE}/priv/pvezfsha && cat > {self.record_path}", input=rec)
+
+    def quorate(self, node: str, yes: bool) -> None:
+        sh(node, ["chmod", "0755" if yes else "0555", f"{PVE}/local"])
 
     def write_config(self, node: str, extra: str = "", defaults: dict | None = None) -> None:
         d = {**self.defaults, **(defaults or {})}
@@ -122,15 +195,27 @@ class Group:
         sh(node, f"cat > {self.config}", input="\n".join(lines) + "\n")
 
     def env(self) -> dict:
-        return {"PVEZFSHA_PVE_ROOT": self.pve_root, "PVEZFSHA_CONFIG": self.config}
+        return {"PVEZFSHA_CONFIG": self.config}
 
     def run(self, *args: str, node: str = "pve1", check: bool = False, timeout: float = 600):
-        return sh(node, ["pvezfsha", *args], env=self.env(), check=check, timeout=timeout)
+        p = sh(node, ["pvezfsha", *args], env=self.env(), check=check, timeout=timeout)
+        self.pmxcfs_sync(node)
+        return p
 
     def sync(self, *args: str, node: str = "pve1", expect: int | None = 0, verbose: bool = True):
         p = self.run(*(["-v"] if verbose else []), "sync", *args, str(self.ctid), node=node)
         if expect is not None:
             assert p.returncode == expect, f"sync exited {p.returncode}\n{p.stderr}"
+        return p
+
+    def hook(self, node: str, phase: str) -> subprocess.CompletedProcess:
+        """The hookscript as PVE runs it: argv vmid phase, LC_ALL=C, minimal
+        PATH, stdin at EOF; the config path is the only thing we add."""
+        cmd = ("h=/var/lib/vz/snippets/pvezfsha-hook; [ -x $h ] || h=/opt/pvezfsha/hookscripts/pvezfsha-hook; "
+               f"cd / && env -i LC_ALL=C PATH=/sbin:/bin:/usr/sbin:/usr/bin PVEZFSHA_CONFIG={self.config} "
+               f"$h {self.ctid} {phase} </dev/null")
+        p = sh(node, cmd, check=False)
+        self.pmxcfs_sync(node)
         return p
 
     def popen_sync(self, *args: str) -> subprocess.Popen:
@@ -148,7 +233,8 @@ class Group:
             doomed = [d for d in out.split() if any(belongs(d, mine) for mine in self.datasets)]
             for ds in sorted(doomed, key=len, reverse=True):
                 sh(node, ["zfs", "destroy", "-R", ds], check=False)
-            sh(node, ["rm", "-rf", self.pve_root, self.config], check=False)
+            sh(node, ["rm", "-f", self.record_path, self.config], check=False)
+            sh(node, ["chmod", "0755", f"{PVE}/local"], check=False)
 
 
 def step_bytes(log: str) -> list[int]:

@@ -1,0 +1,350 @@
+"""`pvezfsha hook <vmid> <phase>`: what the Proxmox hookscript runs.
+
+pre-start decides whether this node may take the container over, and if so
+makes its replica the primary copy; it is the only phase whose failure stops
+anything (PVE aborts the start). The decisions are in takeover.py; this
+module gathers the facts and carries the decisions out, in this order:
+
+1. quorum, 2. the cluster record, 3. restart in place, 4. planned move (pull
+the old primary's last changes), 5. crash failover (catch up from a fresher
+survivor, then the freshness gate), 6. fence (epoch + 1, this node recorded
+as primary), 7. promote (writable, mounted, verified), 8. report.
+
+Fencing is written before promotion so that a record write that fails
+(no quorum) refuses the start with nothing made writable.
+
+post-start hands off a sync in the new direction and returns at once.
+pre-stop and post-stop on the primary push a final snapshot, bounded in time.
+`pvezfsha promote` / `demote` use the same code.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+from loguru import logger
+
+from pvezfsha import replica, zfs
+from pvezfsha.cluster import Cluster
+from pvezfsha.config import Config, Container
+from pvezfsha.engine import human_bytes
+from pvezfsha.errors import PvezfshaError
+from pvezfsha.peers import Peers, try_holdings
+from pvezfsha.record import Record, RecordError, RecordStore
+from pvezfsha.role import role_of
+from pvezfsha.sync import newest_replication
+from pvezfsha.takeover import Case, Holding, Situation, classify, fmt_age, freshest, judge, replica_age
+from pvezfsha.versions import DatasetState
+
+PHASES = ("pre-start", "post-start", "pre-stop", "post-stop")
+
+
+class Refused(PvezfshaError):
+    """The start must not happen on this node."""
+
+
+@dataclass
+class Report:
+    ctid: int
+    node: str
+    case: Case
+    previous: str | None = None
+    pulled_from: str | None = None
+    pulled_snapshots: int = 0
+    pulled_bytes: int = 0
+    age: float | None = None
+    epoch: int = 0
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        out = [f"pvezfsha: CT {self.ctid} takeover on {self.node}: {self.case.value}"
+               + (f" from {self.previous}" if self.previous and self.previous != self.node else "")]
+        if self.pulled_from:
+            out.append(f"  pulled from {self.pulled_from}: {self.pulled_snapshots} snapshot(s), "
+                       f"{human_bytes(self.pulled_bytes)}")
+        if self.case == Case.PLANNED and self.pulled_from == self.previous:
+            out.append("  data-loss window: none (final snapshot of the stopped container pulled)")
+        elif self.age is not None:
+            out.append(f"  data-loss window: writes on {self.previous or 'the old primary'} after "
+                       f"{time.strftime('%Y-%m-%d %H:%M:%S %Z', time.localtime(time.time() - self.age))} "
+                       f"(replica age {fmt_age(self.age)}) are not here")
+        out += [f"  {n}" for n in self.notes]
+        out.append(f"  epoch {self.epoch}, {self.seconds:.1f} s")
+        return out
+
+
+class LocalReplicas:
+    """This node's copies of a container's datasets."""
+
+    def __init__(self, node: str):
+        self.node = node
+
+    def states(self, ct: Container) -> dict[str, DatasetState]:
+        return {ds.name: zfs.read_state(ds.on(self.node)) for ds in ct.datasets}
+
+    def promote(self, ct: Container, epoch: int) -> None:
+        for ds in ct.datasets:
+            replica.promote(ds.on(self.node), epoch)
+
+    def problems(self, ct: Container) -> list[str]:
+        return [p for p in (replica.check_writable(ds.on(self.node)) for ds in ct.datasets) if p]
+
+    def demote(self, ct: Container, why: str) -> None:
+        for ds in ct.datasets:
+            replica.demote(ds.on(self.node), why)
+
+
+class Takeover:
+    """The pre-start decision and its execution, for one container here."""
+
+    def __init__(self, cfg: Config, ct: Container, cluster: Cluster, *, local: LocalReplicas | None = None,
+                 peers: Peers | None = None, force: bool = False, now=time.time):
+        self.cfg, self.ct, self.cluster = cfg, ct, cluster
+        self.node = cluster.local_node()
+        self.store = RecordStore(cluster.root)
+        self.local = local or LocalReplicas(self.node)
+        self.peers = peers or Peers(cfg, cluster)
+        self.force = force
+        self.now = now
+
+    def _holdings(self, states) -> dict[str, Holding]:
+        return {name: Holding(tuple(v.guid for v in st.snapshots)) for name, st in states.items()}
+
+    def run(self) -> Report:
+        t0 = time.monotonic()
+        ct, opts = self.ct, self.ct.options
+        try:
+            record = self.store.read(ct.ctid)
+        except RecordError as e:
+            raise Refused(str(e)) from None
+        online = {n: m.online for n, m in self.cluster.members().items()}
+        case, prev = classify(Situation(self.node, self.cluster.is_quorate(), record, online))
+        rep = Report(ct.ctid, self.node, case, previous=prev)
+        if case == Case.NO_QUORUM:
+            raise Refused(f"this node ({self.node}) is not quorate: another node may be running CT {ct.ctid} "
+                          f"on newer data; refusing to start")
+
+        if case == Case.RESTART:
+            problems = self.local.problems(ct)
+            if problems:
+                logger.info(f"CT {ct.ctid}: restart in place; re-mounting: {'; '.join(problems)}")
+                self.local.promote(ct, record.epoch)
+            rep.epoch = record.epoch
+            rep.seconds = time.monotonic() - t0
+            return rep
+
+        states = self.local.states(ct)
+        missing = [name for name, st in states.items() if not st.exists]
+        if missing:
+            raise Refused(f"dataset(s) {', '.join(missing)} do not exist on {self.node}")
+
+        handed_over = False
+        if case == Case.PLANNED:
+            logger.info(f"CT {ct.ctid}: planned move from {prev}: pulling its last changes")
+            try:
+                res = self.peers.transfer(prev, ct, self.node, final=True, timeout=opts.handover_timeout)
+                rep.pulled_from, rep.pulled_snapshots, rep.pulled_bytes = prev, res["snapshots"], res["bytes"]
+                handed_over = True
+            except PvezfshaError as e:
+                rep.notes.append(f"could not pull the final changes from {prev} ({e}); "
+                                 f"judging the replica's freshness instead")
+                logger.warning(f"CT {ct.ctid}: {rep.notes[-1]}")
+
+        if case == Case.FIRST and all(not st.readonly for st in states.values()):
+            # Never taken over before and this node holds the writable originals.
+            rep.notes.append("first start under pvezfsha: this node holds the original datasets")
+        elif not handed_over:
+            self._catch_up(rep, prev, states)
+            states = self.local.states(ct)
+            rep.age = self._age(record, states)
+            verdict = judge(rep.age, opts.max_staleness, opts.on_stale, self.force)
+            if not verdict.accept:
+                raise Refused(f"CT {ct.ctid} on {self.node}: {verdict.message}")
+            if verdict.warning:
+                logger.warning(f"CT {ct.ctid}: {verdict.message}")
+            rep.notes.append(verdict.message)
+
+        rep.epoch = self._fence(record, rep)
+        try:
+            self.local.promote(ct, rep.epoch)
+        except PvezfshaError as e:
+            raise Refused(f"CT {ct.ctid}: recorded as primary at epoch {rep.epoch} but promotion failed: {e}") \
+                from None
+        rep.seconds = time.monotonic() - t0
+        return rep
+
+    def _catch_up(self, rep: Report, prev: str | None, states) -> None:
+        """Pull from a surviving node that holds more than this one."""
+        ct = self.ct
+        online = {n for n, m in self.cluster.members().items() if m.online}
+        survivors = [n for n in ct.nodes if n not in (self.node, prev) and n in online]
+        if not survivors:
+            return
+        found = try_holdings(self.peers, survivors, ct)
+        found[self.node] = self._holdings(states)
+        best = freshest(self.node, found)
+        if best == self.node:
+            return
+        logger.info(f"CT {ct.ctid}: {best} holds a newer replica than {self.node}; catching up from it")
+        try:
+            res = self.peers.transfer(best, ct, self.node, final=False, timeout=ct.options.handover_timeout)
+            rep.pulled_from, rep.pulled_snapshots, rep.pulled_bytes = best, res["snapshots"], res["bytes"]
+        except PvezfshaError as e:
+            rep.notes.append(f"could not catch up from {best} ({e})")
+            logger.warning(f"CT {ct.ctid}: {rep.notes[-1]}")
+
+    def _age(self, record: Record | None, states) -> float | None:
+        """The worst dataset's age: the container's data is as old as its oldest part."""
+        ages = []
+        prefix = self.ct.options.snapshot_prefix
+        mine = (record.replicas.get(self.node, {}) if record else {})
+        for name, st in states.items():
+            newest = newest_replication(st, prefix) or st.newest
+            conf = mine.get(name)
+            ages.append(replica_age(newest.creation if newest else None, newest.guid if newest else None,
+                                    conf.guid if conf else None, conf.in_sync_at if conf else 0, self.now()))
+        if any(a is None for a in ages):
+            return None
+        return max(ages) if ages else None
+
+    def _fence(self, seen: Record | None, rep: Report) -> int:
+        """Epoch + 1 and this node as primary, unless someone else got there first."""
+        try:
+            with self.store.locked(self.ct.ctid):
+                current = self.store.read(self.ct.ctid)
+                if (current.epoch if current else 0) != (seen.epoch if seen else 0):
+                    raise Refused(f"CT {self.ct.ctid}: another takeover happened meanwhile "
+                                  f"(primary {current.primary}, epoch {current.epoch}); refusing")
+                rec = current or Record(self.ct.ctid)
+                rec.primary, rec.epoch = self.node, rec.epoch + 1
+                rec.changed, rec.changed_by = time.time(), self.node
+                rec.reason = f"{rep.case.value}" + (f" from {rep.previous}" if rep.previous else "")
+                self.store.write(rec)
+                return rec.epoch
+        except RecordError as e:
+            raise Refused(f"CT {self.ct.ctid}: cannot record this node as primary: {e}") from None
+
+
+# -- phases -------------------------------------------------------------------
+
+def journal(message: str) -> None:
+    """post-stop output reaches no task log; the journal keeps it."""
+    try:
+        import syslog
+        syslog.openlog("pvezfsha", syslog.LOG_PID, syslog.LOG_DAEMON)
+        syslog.syslog(syslog.LOG_INFO, message)
+    except OSError:
+        pass
+
+
+def pre_start(cfg: Config, ct: Container, cluster: Cluster, force: bool = False) -> int:
+    try:
+        rep = Takeover(cfg, ct, cluster, force=force).run()
+    except Refused as e:
+        logger.error(str(e))
+        journal(f"REFUSED: {e}")
+        return 1
+    for line in rep.lines():
+        print(line, flush=True)
+        journal(line)
+    return 0
+
+
+def _self_argv(cfg: Config, *args: str) -> list[str]:
+    return [sys.executable, "-m", "pvezfsha", "--config", cfg.path, *args]
+
+
+def post_start(cfg: Config, ct: Container, cluster: Cluster) -> int:
+    """Start a sync in the new direction and return at once."""
+    argv = _self_argv(cfg, "sync", str(ct.ctid))
+    if os.path.isdir("/run/systemd/system") and shutil.which("systemd-run"):
+        argv = ["systemd-run", "--no-block", "--collect", f"--unit=pvezfsha-sync-{ct.ctid}-{int(time.time())}",
+                "--description", f"pvezfsha sync of CT {ct.ctid} after its start", *argv]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                     start_new_session=True, env=env)
+    print(f"pvezfsha: CT {ct.ctid}: replication towards {', '.join(n for n in ct.nodes if n != cluster.local_node())} "
+          f"started in the background", flush=True)
+    return 0
+
+
+def final_push(cfg: Config, ct: Container, cluster: Cluster, phase: str) -> int:
+    """The primary pushes a final snapshot to its standbys, within a bound."""
+    node = cluster.local_node()
+    role = role_of(cluster, RecordStore(cluster.root), ct.ctid)
+    if role.primary != node:
+        return 0
+    timeout = ct.options.final_push_timeout
+    argv = _self_argv(cfg, "sync", str(ct.ctid))
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+        rc = proc.returncode
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        out += f"\nfinal push stopped after {timeout:.0f} s; it resumes at the next cycle"
+        rc = 1
+    for line in out.splitlines():
+        if line.strip():
+            print(f"pvezfsha {phase}: {line}", flush=True)
+            journal(f"{phase}: {line}")
+    return 0   # only pre-start can stop anything; a failed push is reported above
+
+
+def run(cfg_loader, vmid: str, phase: str) -> int:
+    if phase not in PHASES:
+        return 0   # PVE may add phases; they are not ours to refuse
+    try:
+        ctid = int(vmid)
+    except ValueError:
+        return 0
+    try:
+        cfg = cfg_loader()
+    except PvezfshaError as e:
+        # With the hook attached but no readable config we cannot know what
+        # is protected: refuse the start, let the other phases pass.
+        logger.error(f"CT {ctid} {phase}: {e}")
+        journal(f"CT {ctid} {phase}: {e}")
+        return 1 if phase == "pre-start" else 0
+    ct = cfg.container(ctid)
+    if ct is None:
+        return 0
+    cluster = Cluster()
+    if cluster.local_node() not in ct.nodes:
+        logger.error(f"CT {ctid}: this node ({cluster.local_node()}) is not one of its nodes "
+                     f"({', '.join(ct.nodes)}) in {cfg.path}")
+        return 1 if phase == "pre-start" else 0
+    if phase == "pre-start":
+        return pre_start(cfg, ct, cluster)
+    if phase == "post-start":
+        return post_start(cfg, ct, cluster)
+    return final_push(cfg, ct, cluster, phase)
+
+
+def promote(cfg: Config, ct: Container, cluster: Cluster, force: bool) -> int:
+    node = cluster.local_node()
+    owner = cluster.owner(ct.ctid)
+    if owner != node and not force:
+        raise PvezfshaError(f"CT {ct.ctid}'s config is on {owner}, not on {node}: move it here first "
+                            f"(or --force to promote the data anyway)")
+    return pre_start(cfg, ct, cluster, force=force)
+
+
+def demote(cfg: Config, ct: Container, cluster: Cluster, force: bool) -> int:
+    node = cluster.local_node()
+    role = role_of(cluster, RecordStore(cluster.root), ct.ctid)
+    if role.is_primary(node) and not force:
+        raise PvezfshaError(f"CT {ct.ctid} runs here ({node} is its primary); stop or move it first "
+                            f"(or --force)")
+    LocalReplicas(node).demote(ct, "pvezfsha demote")
+    print(f"CT {ct.ctid}: datasets on {node} are inert replicas (unmounted, readonly)")
+    return 0
