@@ -22,6 +22,31 @@ def _ctid(text: str) -> int:
     return value
 
 
+def _nodes(text: str) -> list[str]:
+    nodes = [n.strip() for n in text.split(",") if n.strip()]
+    if not nodes:
+        raise argparse.ArgumentTypeError("expected node names such as pve1,pve2")
+    return nodes
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value <= 300:
+        raise argparse.ArgumentTypeError(f"{text!r}: between 0 and 300 seconds")
+    return value
+
+
+def _network(text: str):
+    import ipaddress
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a network such as 10.0.0.0/24") from None
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pvezfsha",
                                 description="Replicate a Proxmox container's local ZFS datasets to its standby nodes.")
@@ -36,6 +61,17 @@ def parser() -> argparse.ArgumentParser:
     st.add_argument("ctids", nargs="*", type=_ctid, metavar="CTID")
     st.add_argument("--json", action="store_true", help="machine-readable output")
     sub.add_parser("receive", help="receiving end of a sync, run over ssh by the primary")
+    i = sub.add_parser("init", help="protect a container: map its ZFS bind mounts, write the config, show the diff")
+    i.add_argument("ctid", type=_ctid, metavar="CTID")
+    i.add_argument("--nodes", type=_nodes, help="replication group, comma-separated (default: every cluster node)")
+    i.add_argument("-n", "--dry-run", action="store_true", help="show the diff, write nothing")
+    i.add_argument("--timeout", type=_seconds, default=10.0, help="per-node probe deadline in seconds (10)")
+    d = sub.add_parser("doctor", help="check this node's setup: ok / warn / FAIL per check, with a fix")
+    d.add_argument("ctids", nargs="*", type=_ctid, metavar="CTID", help="containers (default: all configured)")
+    d.add_argument("--json", action="store_true", help="machine-readable output")
+    d.add_argument("--trusted", action="append", type=_network, metavar="CIDR",
+                   help="network trusted with no_root_squash (repeatable; default: the cluster nodes' /24s)")
+    d.add_argument("--timeout", type=_seconds, default=10.0, help="per-node probe deadline in seconds (10)")
     h = sub.add_parser("hook", help="what the Proxmox hookscript runs: hook <vmid> <phase>")
     h.add_argument("vmid")
     h.add_argument("phase")
@@ -75,6 +111,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "hook":
             from pvezfsha import hook
             return hook.run(lambda: config.load(args.config), args.vmid, args.phase)
+        if args.command == "init":
+            from pvezfsha import initcmd
+            return initcmd.run(args.ctid, config_path=args.config, nodes=args.nodes, dry_run=args.dry_run,
+                               timeout=args.timeout)
+        if args.command == "doctor":
+            from pvezfsha import doctor
+            return doctor.run(args.ctids, args.config, as_json=args.json, trusted=args.trusted,
+                              timeout=args.timeout)
         cfg = config.load(args.config)
         if args.command == "sync":
             from pvezfsha import sync

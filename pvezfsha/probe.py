@@ -1,0 +1,130 @@
+"""Facts about each node of a replication group, for `init` and `doctor`.
+
+One shell script per node, run locally for this node and over one ssh
+session for each peer, prints everything the checks need: the node's
+clock, whether the hookscript snippet is executable there, and its ZFS
+filesystems with their mountpoint and mounted state. Every run has a hard
+timeout (ssh ConnectTimeout plus a subprocess deadline that kills the
+child), and the peers are probed in parallel, so a dead node costs at most
+`timeout` seconds in total, never a TCP hang.
+
+`Runner` is the seam the tests replace: it takes an argv and a timeout and
+returns (exit code, stdout, stderr).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import shlex
+import subprocess
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from pvezfsha.transport import ssh_argv
+
+SNIPPET = "/var/lib/vz/snippets/pvezfsha-hook"
+
+# Sections are tagged lines so that one stream carries all facts; `zfs list`
+# comes last because its output has no fixed length.
+SCRIPT = f"""
+echo "@time $(date +%s.%N)"
+if [ -x {SNIPPET} ]; then echo "@snippet ok"; elif [ -e {SNIPPET} ]; then echo "@snippet notexec"; else echo "@snippet missing"; fi
+echo "@zfs"
+zfs list -H -p -t filesystem -o name,mountpoint,mounted 2>&1 || echo "@zfs-error $?"
+"""
+
+Runner = Callable[[list[str], float], tuple[int, str, str]]
+
+
+def run_subprocess(argv: list[str], timeout: float) -> tuple[int, str, str]:
+    """Run argv, killing it at the deadline; a missing program is exit 127."""
+    try:
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return 124, "", f"no answer within {timeout:g} s"
+    except FileNotFoundError:
+        return 127, "", f"{argv[0]}: not found"
+    return p.returncode, p.stdout, p.stderr
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    mountpoint: str
+    mounted: bool
+
+
+@dataclass
+class NodeFacts:
+    node: str
+    local: bool
+    reachable: bool
+    error: str = ""
+    clock_skew: float | None = None         # peer clock minus ours, seconds
+    snippet: str = "unknown"                 # ok | notexec | missing | unknown
+    datasets: dict[str, Dataset] = field(default_factory=dict)
+    zfs_error: str = ""
+    seconds: float = 0.0
+
+    def by_mountpoint(self, path: str) -> Dataset | None:
+        path = path.rstrip("/") or "/"
+        return next((d for d in self.datasets.values() if d.mountpoint == path), None)
+
+
+def parse_output(facts: NodeFacts, out: str, t_mid: float) -> NodeFacts:
+    in_zfs = False
+    zfs_lines = []
+    for line in out.splitlines():
+        if line.startswith("@time ") and not in_zfs:
+            try:
+                facts.clock_skew = float(line.split()[1]) - t_mid
+            except (IndexError, ValueError):
+                pass
+        elif line.startswith("@snippet ") and not in_zfs:
+            facts.snippet = line.split()[1]
+        elif line == "@zfs":
+            in_zfs = True
+        elif line.startswith("@zfs-error"):
+            facts.zfs_error = "\n".join(zfs_lines).strip() or line
+            zfs_lines = []
+        elif in_zfs:
+            zfs_lines.append(line)
+    for line in zfs_lines:
+        parts = line.split("\t")
+        if len(parts) == 3:
+            facts.datasets[parts[0]] = Dataset(parts[0], parts[1], parts[2] == "yes")
+    return facts
+
+
+def probe(node: str, address: str | None, *, local: bool, runner: Runner = run_subprocess,
+          timeout: float = 10.0, user: str = "root", port: int = 22) -> NodeFacts:
+    """Facts of one node; never raises for an unreachable node, and never waits past timeout."""
+    if local:
+        argv = ["sh", "-c", SCRIPT]
+    else:
+        argv = ssh_argv(address or node, user=user, port=port, connect_timeout=min(timeout, 5),
+                        remote=("sh", "-c", shlex.quote(SCRIPT)))
+    t0 = time.time()
+    rc, out, err = runner(argv, timeout)
+    t1 = time.time()
+    facts = NodeFacts(node, local, reachable=False, seconds=t1 - t0)
+    if "@time " not in out:
+        # ssh exits 255 for its own errors; anything else means the shell never ran.
+        msg = (err.strip().splitlines() or [f"exit code {rc}"])[-1]
+        facts.error = msg
+        return facts
+    facts.reachable = True
+    parse_output(facts, out, (t0 + t1) / 2)
+    if local:
+        facts.clock_skew = 0.0   # our own clock is the reference
+    return facts
+
+
+def probe_all(nodes: dict[str, str | None], local_node: str, *, runner: Runner = run_subprocess,
+              timeout: float = 10.0, user: str = "root", port: int = 22) -> dict[str, NodeFacts]:
+    """Probe every node in parallel: {node: address} -> {node: NodeFacts}."""
+    with concurrent.futures.ThreadPoolExecutor(max(1, len(nodes))) as ex:
+        futs = {n: ex.submit(probe, n, a, local=(n == local_node), runner=runner, timeout=timeout,
+                             user=user, port=port) for n, a in nodes.items()}
+        return {n: f.result() for n, f in futs.items()}
