@@ -275,7 +275,8 @@ def check_ha(ctx: Context, ct: Container) -> Result:
         return fail("ha", f"ct:{ct.ctid} HA state is {r.state}", f"ha-manager set ct:{ct.ctid} --state started",
                     ct.ctid)
     rec = pveapi.recommended_ha(len(ct.nodes), on_stale)
-    have = f"max_restart={r.max_restart} max_relocate={r.max_relocate} failback={int(r.failback)} (from {r.source})"
+    fb = "unset" if r.failback is None else int(r.failback)
+    have = f"max_restart={r.max_restart} max_relocate={r.max_relocate} failback={fb} (from {r.source})"
     if on_stale == "refuse" and r.max_relocate < rec["max_relocate"]:
         return fail("ha", f"{have}: with on_stale=refuse HA gives up before it has tried every node, "
                           f"and may never reach the fresh one", cmd, ct.ctid)

@@ -29,7 +29,9 @@ from pvezfsha.probe import Runner, run_subprocess
 
 TOKEN_FILE = "/etc/pvezfsha/api-token"
 # PVE's defaults for an HA resource (pve-ha-manager src/PVE/HA/Resources.pm).
-HA_DEFAULTS = {"state": "started", "max_restart": 1, "max_relocate": 1, "failback": 1}
+# failback is a resource setting from PVE 9 on; PVE 8 has `nofailback` on
+# the resource's HA group instead.
+HA_DEFAULTS = {"state": "started", "max_restart": 1, "max_relocate": 1}
 # Storage types PVE treats as shared whatever the `shared` flag says; for
 # the others (dir, lvm, ...) the admin sets `shared 1`.
 SHARED_TYPES = {"nfs", "cifs", "glusterfs", "cephfs", "rbd", "iscsi", "iscsidirect", "zfs", "drbd", "linstor", "pbs"}
@@ -41,8 +43,8 @@ class HaResource:
     state: str
     max_restart: int
     max_relocate: int
-    failback: bool
-    source: str          # api | pvesh | resources.cfg
+    failback: bool | None  # None: no failback setting (PVE 8 resource without a group)
+    source: str            # api | pvesh | resources.cfg
 
 
 def parse_section_config(text: str) -> dict[tuple[str, str], dict[str, str]]:
@@ -64,7 +66,9 @@ def parse_section_config(text: str) -> dict[tuple[str, str], dict[str, str]]:
 def _resource_from(entry: dict, sid: str, source: str) -> HaResource:
     d = {**HA_DEFAULTS, **{k: v for k, v in entry.items() if v is not None}}
     state = "started" if d["state"] == "enabled" else str(d["state"])   # 'enabled' is an alias
-    return HaResource(sid, state, int(d["max_restart"]), int(d["max_relocate"]), bool(int(d["failback"])), source)
+    failback = d.get("failback")
+    return HaResource(sid, state, int(d["max_restart"]), int(d["max_relocate"]),
+                      None if failback is None else bool(int(failback)), source)
 
 
 def _from_status(items: list, sid: str, source: str) -> HaResource | None:
@@ -130,7 +134,16 @@ class HaSource:
             return None
         kind, _, vmid = sid.partition(":")
         entry = parse_section_config(text).get((kind, vmid))
-        return None if entry is None else _resource_from(entry, sid, "resources.cfg")
+        if entry is None:
+            return None
+        if "failback" not in entry and "group" in entry:
+            try:
+                groups = parse_section_config((self.root / "ha" / "groups.cfg").read_text(encoding="utf-8"))
+                group = groups.get(("group", entry["group"]), {})
+                entry = {**entry, "failback": "0" if group.get("nofailback") == "1" else "1"}
+            except OSError:
+                pass
+        return _resource_from(entry, sid, "resources.cfg")
 
 
 def storage_config(root: str | os.PathLike | None = None) -> dict[str, dict[str, str]]:
@@ -164,5 +177,6 @@ def recommended_ha(nodes: int, on_stale: str) -> dict[str, int]:
 
 def ha_command(ctid: int, resource: HaResource | None, nodes: int, on_stale: str) -> str:
     rec = recommended_ha(nodes, on_stale)
-    args = " ".join(f"--{k} {v}" for k, v in rec.items())
-    return f"ha-manager {'set' if resource else 'add'} ct:{ctid} {args}"
+    args = f"--max_restart {rec['max_restart']} --max_relocate {rec['max_relocate']}"
+    return (f"ha-manager {'set' if resource else 'add'} ct:{ctid} {args}; and failback off: "
+            f"--failback 0 on PVE 9, nofailback 1 on its HA group on PVE 8")
