@@ -19,9 +19,15 @@ from labnode import Group  # noqa: E402
 
 @pytest.fixture
 def group(tmp_path):
-    assert os.geteuid() == 0 and Path("/dev/zfs").exists(), "the lab tier needs root and the zfs module"
+    if not os.environ.get("PVEZFSHA_LAB_HOST"):
+        assert os.geteuid() == 0 and Path("/dev/zfs").exists(), "the lab tier needs root and the zfs module"
     g = Group(tmp_path)
     yield g
+    if os.environ.get("PVEZFSHA_LAB_HOST"):
+        from labnode import lab
+        for node in g.nodes:
+            if not lab().running(node):   # a test that failed between crash and boot
+                lab().boot(node)
     g.cleanup()
 
 
@@ -36,3 +42,11 @@ def make_group(tmp_path):
     yield make
     for g in made:
         g.cleanup()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _lab_up():
+    """From the host, the lab must be up with this tree pushed (make does it)."""
+    if os.environ.get("PVEZFSHA_LAB_HOST"):
+        from labnode import lab
+        assert lab().healthy(), "the lab is not up: run `make lab-up` first"
