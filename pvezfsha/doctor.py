@@ -107,7 +107,7 @@ def check_quorum(ctx: Context) -> list[Result]:
 def check_timer(ctx: Context) -> list[Result]:
     rc, out, err = ctx.runner(["systemctl", "is-enabled", TIMER], ctx.timeout)
     if rc == 127:   # no systemctl (a chroot): the enablement symlink is the answer
-        enabled = (ctx.systemd_dir / "timers.target.wants" / TIMER).exists()
+        enabled = (ctx.systemd_dir / "timers.target.wants" / TIMER).is_symlink()
         state = "enabled" if enabled else "not enabled"
     else:
         state = out.strip() or (err.strip().splitlines() or [f"exit code {rc}"])[-1]

@@ -1,0 +1,48 @@
+"""The node probe: what it reads from a node's answer, and that a dead or
+hanging node is reported, never waited on past the deadline."""
+
+import time
+
+from fakenodes import FakeNodes, primary_and_standby
+
+from pvezfsha import probe
+
+
+def test_local_node_runs_the_script_here_and_peers_over_batch_mode_ssh():
+    fake = FakeNodes(primary_and_standby())
+    facts = probe.probe_all({"pve1": "10.0.0.1", "pve2": "10.0.0.2"}, "pve1", runner=fake, timeout=3)
+    ssh = next(a for a in fake.calls if a[0] == "ssh")
+    assert "BatchMode=yes" in ssh and "ConnectTimeout=3" in ssh and ssh[-3:-1] == ["sh", "-c"]
+    assert facts["pve1"].local and facts["pve1"].clock_skew == 0.0
+    assert facts["pve2"].datasets["tank/media"] == probe.Dataset("tank/media", "/tank/media", False)
+
+
+def test_clock_skew_is_measured_against_the_middle_of_the_round_trip():
+    nodes = primary_and_standby()
+    nodes["pve2"]["skew"] = 42.0
+    f = probe.probe("pve2", "10.0.0.2", local=False, runner=FakeNodes(nodes))
+    assert 41.0 < f.clock_skew < 43.0
+
+
+def test_dead_node_is_unreachable_with_ssh_message():
+    f = probe.probe("pve2", "10.0.0.2", local=False, runner=FakeNodes({"pve2": {"dead": True}}))
+    assert not f.reachable and "Connection timed out" in f.error
+
+
+def test_a_real_hang_is_cut_at_the_deadline():
+    t0 = time.monotonic()
+    rc, out, err = probe.run_subprocess(["sleep", "30"], 0.5)
+    assert rc == 124 and "0.5 s" in err and time.monotonic() - t0 < 5
+
+
+def test_zfs_failure_is_reported_not_taken_for_no_datasets():
+    facts = probe.parse_output(probe.NodeFacts("pve1", True, True),
+                               "@time 1\n@snippet ok\n@zfs\nThe ZFS modules are not loaded.\n@zfs-error 1\n", 1)
+    assert facts.zfs_error == "The ZFS modules are not loaded." and facts.datasets == {}
+
+
+def test_the_real_script_runs_under_sh(tmp_path, monkeypatch):
+    # No zfs binary: the script still answers, and says why there is no list.
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    f = probe.probe("me", None, local=True, timeout=10)
+    assert f.reachable and f.snippet in ("ok", "missing", "notexec") and f.zfs_error
