@@ -7,8 +7,10 @@ PYTHON  ?= python3
 LAB     := $(PYTHON) tests/lab/lab.py
 OUT     := .test-out
 NODES   ?= 2
+VERSION := $(shell sed -n '1s/^[^(]*(\([^)]*\)).*/\1/p' packaging/debian/changelog)
+DEB     := build/pvezfsha_$(VERSION)_all.deb
 
-.PHONY: deps test test-fast test-lab demo bench lab-up lab-down lab-push clean
+.PHONY: deps test test-fast test-lab test-pkg deb lab-deb demo bench lab-up lab-down lab-push clean
 
 deps:
 	tests/lab/host-deps.sh
@@ -22,13 +24,29 @@ lab-up: deps
 	$(LAB) up --nodes $(NODES)
 	$(LAB) push
 
+# The Debian package (debhelper + pybuild), lintian-clean; build deps are
+# installed by the script.
+deb:
+	packaging/build-deb.sh
+
+# The lab runs the installed package, not the source tree: /opt/pvezfsha
+# keeps only the tests, and /usr/bin/pvezfsha is the .deb's.
+lab-deb: deb lab-up
+	$(LAB) install-deb $(DEB)
+
+# Package tier: the .deb installed into clean bookworm and trixie roots.
+test-pkg: SHELL := /bin/bash
+test-pkg: deb
+	@mkdir -p $(OUT)
+	@tests/pkg/run.sh $(DEB) 2>&1 | tee $(OUT)/pkg.log; test $${PIPESTATUS[0]} -eq 0
+
 lab-down:
 	$(LAB) down
 
 # The lab tier runs inside guest pve1; its summary line is taken from the
 # guest's output with the CRs stripped, so the CI log shows the real counts.
 test-lab: SHELL := /bin/bash
-test-lab: lab-up
+test-lab: lab-deb
 	@mkdir -p $(OUT)
 	@$(LAB) run pve1 sh -c 'cd /opt/pvezfsha && PVEZFSHA_LAB=1 python3 -m pytest -v -p no:cacheprovider tests/lab' \
 		2>&1 | tee $(OUT)/lab.log; test $${PIPESTATUS[0]} -eq 0
@@ -36,13 +54,15 @@ test-lab: lab-up
 test: SHELL := /bin/bash
 test: deps
 	@rc=0; $(MAKE) --no-print-directory test-fast || rc=1; \
+	$(MAKE) --no-print-directory test-pkg || rc=1; \
 	$(MAKE) --no-print-directory test-lab || rc=1; \
 	echo; echo "== summary =="; \
 	echo "fast tier (this machine): $$(grep -E '^=*.* (passed|failed|error)' $(OUT)/fast.log | tail -1 | tr -d '\r=' | sed 's/^ *//')"; \
+	echo "package tier (bookworm, trixie roots): $$(grep -E '^pkg: [0-9]+ passed' $(OUT)/pkg.log | tail -1)"; \
 	echo "lab tier (real OpenZFS):  $$(grep -E '^=*.* (passed|failed|error)' $(OUT)/lab.log | tail -1 | tr -d '\r=' | sed 's/^ *//')"; \
 	exit $$rc
 
-demo: lab-up
+demo: lab-deb
 	@$(LAB) run pve1 python3 /opt/pvezfsha/tests/lab/demo.py
 
 bench: lab-up

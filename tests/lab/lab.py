@@ -16,6 +16,8 @@ Command line (run as root; stdlib only):
     lab.py ssh NODE [CMD ...]  run CMD on NODE (no CMD: a shell); exit code passes
     lab.py run NODE CMD ...    like ssh, but with '\\r' stripped (for CI logs)
     lab.py push                copy the repo to /opt/pvezfsha on every node
+    lab.py install-deb DEB     install the built .deb on every node (the lab
+                               then runs /usr/bin/pvezfsha from the package)
     lab.py crash NODE          power cut (kill -9 of that node's qemu)
     lab.py boot NODE           start a node again on its disk, wait for ssh
     lab.py link NODE on|off    plug/unplug the node's inter-node NIC
@@ -97,11 +99,17 @@ mkdir -p /opt/pvezfsha.new
 tar -x -C /opt/pvezfsha.new
 rm -rf /opt/pvezfsha
 mv /opt/pvezfsha.new /opt/pvezfsha
+# The source wrapper only while the package is not installed: it would
+# shadow the package's /usr/bin/pvezfsha (PATH has /usr/local/bin first).
+if ! dpkg-query -W -f='${Status}' pvezfsha 2>/dev/null | grep -q 'install ok installed'; then
 cat > /usr/local/bin/pvezfsha <<'EOF'
 #!/bin/sh
 PYTHONPATH=/opt/pvezfsha exec python3 -m pvezfsha "$@"
 EOF
 chmod 0755 /usr/local/bin/pvezfsha
+else
+echo "lab: the pvezfsha package is installed here: /usr/bin/pvezfsha is the .deb's, not the pushed tree" >&2
+fi
 # A test may power-cut the node right after a push.
 sync
 """
@@ -592,7 +600,33 @@ class Lab:
                 with open(path, "rb") as f:
                     tar.addfile(info, f)
         data = buf.getvalue()
-        self._each(lambda n: self.ssh(n, PUSH_SCRIPT, input=data, check=True))
+        def one(node):
+            r = self.ssh(node, PUSH_SCRIPT, input=data, check=True)
+            for line in (r.stderr or b"").decode(errors="replace").splitlines():
+                if line.startswith("lab: "):
+                    log(f"{node}: {line[5:]}")
+        self._each(one)
+
+    def install_deb(self, deb: str | os.PathLike) -> None:
+        """Install the package on every node with apt, offline (the guests
+        have no network: every dependency is already in the image), and
+        remove the source wrapper so that /usr/bin/pvezfsha is what runs."""
+        data = Path(deb).read_bytes()
+        script = (
+            "set -e; cat > /var/tmp/pvezfsha.deb; "
+            "DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends --reinstall "
+            "/var/tmp/pvezfsha.deb >/var/tmp/pvezfsha-install.log 2>&1 "
+            "|| { cat /var/tmp/pvezfsha-install.log; exit 1; }; "
+            "rm -f /usr/local/bin/pvezfsha /var/tmp/pvezfsha.deb; "
+            "test \"$(command -v pvezfsha)\" = /usr/bin/pvezfsha; pvezfsha --version; sync")
+
+        def one(node):
+            r = self.ssh(node, script, input=data, text=False, check=False, timeout=300)
+            out = (r.stdout or b"").decode(errors="replace") + (r.stderr or b"").decode(errors="replace")
+            if r.returncode != 0:
+                raise LabError(f"{node}: installing {deb} failed ({r.returncode}):\n{out}")
+            log(f"{node}: {out.strip().splitlines()[-1]} installed from {Path(deb).name}")
+        self._each(one)
 
     def status(self) -> str:
         if not self.nodes:
@@ -641,6 +675,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("down", help="power off all, delete the run dir")
     sub.add_parser("status", help="what runs")
     sub.add_parser("push", help="copy the repo to /opt/pvezfsha on every node")
+    sub.add_parser("install-deb", help="install the built .deb on every node").add_argument("deb")
     for name in ("ssh", "run"):
         p = sub.add_parser(name, help="run a command on a node"
                            + (" ('\\r' stripped)" if name == "run" else ""))
@@ -663,6 +698,8 @@ def main(argv: list[str] | None = None) -> int:
             print(lab.status())
         elif a.cmd == "push":
             lab.push()
+        elif a.cmd == "install-deb":
+            lab.install_deb(a.deb)
         elif a.cmd in ("ssh", "run"):
             lab._check_node(a.node)
             tty = a.cmd == "ssh" and not a.command and sys.stdin.isatty()
