@@ -37,8 +37,13 @@ def test_every_intermediate_snapshot_is_sent_in_order(group):
 def test_interrupted_transfer_resumes_and_sends_less_than_the_total(group):
     group.write("big.bin", 48)
     group.write_config("pve1", defaults={"bandwidth_limit": "2M"})
+    alloc = lambda: int(sh("pve2", ["zpool", "list", "-Hp", "-o", "allocated", "tank"]).stdout)  # noqa: E731
+    start = alloc()
     proc = group.popen_sync()
-    time.sleep(12)   # start-up, then well into the ~24 s stream at 2 MiB/s
+    # Cut when half the stream has landed on pve2's disk (~24 s at 2 MiB/s).
+    deadline = time.time() + 120
+    while alloc() - start < 24 * 2**20 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
     sh("pve1", ["pkill", "-f", "ssh .*pvezfsha receive"], check=False)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 1, err
@@ -131,7 +136,7 @@ def test_nothing_changed_means_no_snapshot_and_no_ssh(group):
 def test_sync_on_a_standby_does_nothing_and_says_so(group):
     group.write("a.bin")
     p = group.sync(node="pve2")
-    assert "is a standby; primary is pve1; nothing to do" in p.stderr
+    assert "is standby (primary is pve1); nothing to do" in p.stderr
     assert snapshots("pve1", group.ds) == []
 
 
