@@ -73,6 +73,7 @@ test: deps
 
 demo: lab-deb
 	@$(LAB) run pve1 python3 /opt/pvezfsha/tests/lab/demo.py
+	@$(PYTHON) tests/lab/demo_failover.py
 
 bench: lab-deb
 	@$(LAB) run pve1 python3 /opt/pvezfsha/bench/bench_sync.py

@@ -134,7 +134,7 @@ class Replicator:
                 zfs.send(to, frm, fd, flags)
 
         header = {"op": "receive", "snapshot": f"{dst_ds}@{step.to.name}", "guid": step.to.guid,
-                  "force": step.force, "raw": "raw" in flags, **self.fence}
+                  "force": step.force, "raw": "raw" in flags, "stall": self.options.stall_timeout, **self.fence}
         res = self.session.send_stream(header, produce, rate_limit=self.options.bandwidth_limit)
         out.steps.append(step.describe())
         out.bytes += res.bytes

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 from loguru import logger
 
-from pvezfsha import replica, zfs
+from pvezfsha import replica, state, zfs
 from pvezfsha.cluster import Cluster
 from pvezfsha.config import Config, Container
 from pvezfsha.engine import human_bytes
@@ -93,6 +93,15 @@ class LocalReplicas:
         for ds in ct.datasets:
             replica.promote(ds.on(self.node), epoch)
 
+    def stop_receives(self, ct: Container) -> list[str]:
+        """End receives into our datasets still waiting on a sender that is gone."""
+        out = []
+        for ds in ct.datasets:
+            pid = state.stop_receive(ds.on(self.node))
+            if pid is not None:
+                out.append(f"stopped a receive into {ds.on(self.node)} whose sender is gone (pid {pid})")
+        return out
+
     def problems(self, ct: Container) -> list[str]:
         return [p for p in (replica.check_writable(ds.on(self.node)) for ds in ct.datasets) if p]
 
@@ -144,6 +153,12 @@ class Takeover:
         missing = [name for name, st in states.items() if not st.exists]
         if missing:
             raise Refused(f"dataset(s) {', '.join(missing)} do not exist on {self.node}")
+
+        # A receive left waiting by a sender that died (or an old cycle)
+        # would hold our datasets' locks through the pull and the promotion.
+        for note in self.local.stop_receives(ct):
+            rep.notes.append(note)
+            logger.warning(f"CT {ct.ctid}: {note}")
 
         handed_over = False
         if case == Case.PLANNED:

@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
-from contextlib import ExitStack
+import threading
+import time
+from contextlib import ExitStack, contextmanager
 
 from loguru import logger
 
@@ -30,6 +33,48 @@ from pvezfsha.errors import PvezfshaError, ZfsError
 from pvezfsha.state import Locked, dataset_lock
 from pvezfsha.transport import PROTOCOL, read_line, write_json
 from pvezfsha.versions import HOLD_LAST
+
+def _rchar(tid: int) -> int | None:
+    """Bytes the thread `tid` has read, the kernel's receive included."""
+    try:
+        with open(f"/proc/self/task/{tid}/io", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("rchar:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+@contextmanager
+def stall_guard(seconds: float, what: str):
+    """End this process if the thread inside the block reads nothing for
+    `seconds`: a sender that lost power never closes the connection, and
+    sshd does not probe by default, so the receive would wait forever
+    holding the dataset. SIGKILL interrupts the kernel's read; the partial
+    state stays resumable and the lock dies with us."""
+    tid = threading.get_native_id()
+    done = threading.Event()
+
+    def watch():
+        last, since = _rchar(tid), time.monotonic()
+        if last is None:
+            return   # no per-thread accounting here: nothing to watch with
+        while not done.wait(1.0):
+            now = _rchar(tid)
+            if now != last:
+                last, since = now, time.monotonic()
+            elif time.monotonic() - since > seconds:
+                logger.error(f"{what}: nothing from the sender for {seconds:.0f} s; ending the receive "
+                             f"(it resumes from its token next time)")
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="stall-guard", daemon=True).start()
+    try:
+        yield
+    finally:
+        done.set()
+
 
 class Server:
     def __init__(self, in_fd: int = 0, out_fd: int = 1):
@@ -95,7 +140,8 @@ class Server:
             raise ZfsError(f"{snap!r} is not a snapshot name", kind="BadRequest")
         self._lock(ds)
         self._fence(req, ds)
-        zfs.receive(snap, self.in_fd, force=bool(req.get("force")), raw=bool(req.get("raw")))
+        with stall_guard(float(req.get("stall") or 300), snap):
+            zfs.receive(snap, self.in_fd, force=bool(req.get("force")), raw=bool(req.get("raw")))
         st = zfs.read_state(ds)
         got = next((s for s in st.snapshots if s.name == short), None)
         if got is None or got.guid != req.get("guid"):

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import fcntl
 import os
+import signal
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -45,3 +47,32 @@ def dataset_lock(dataset: str, what: str = "sync"):
         yield
     finally:
         os.close(fd)
+
+
+def stop_receive(dataset: str, timeout: float = 15.0) -> int | None:
+    """Kill a `pvezfsha receive` holding the dataset's lock; its pid, or None.
+
+    A receive whose sender lost power waits forever: no FIN ever comes and
+    sshd does not probe the client by default. A takeover knows that sender
+    is gone, so it ends the receive: SIGKILL interrupts the kernel's read of
+    the stream, and the partial state stays resumable.
+    """
+    path = _lock_path(dataset)
+    try:
+        words = path.read_text().split()
+    except OSError:
+        return None
+    if len(words) < 3 or words[0] != "receive" or not words[2].isdigit():
+        return None
+    pid = int(words[2])
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if b"pvezfsha" not in f.read():
+                return None
+        os.kill(pid, signal.SIGKILL)
+    except OSError:
+        return None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and os.path.exists(f"/proc/{pid}"):
+        time.sleep(0.2)
+    return pid

@@ -51,6 +51,11 @@ class FakeLocal:
     def problems(self, ct):
         return self.problem_list
 
+    def stop_receives(self, ct):
+        return self.hung
+
+    hung: list = []
+
 
 class FakePeers:
     """Other nodes: what they hold, and whether a transfer from them works."""
@@ -277,3 +282,10 @@ def test_unreadable_config_refuses_the_start_but_not_the_other_phases():
         raise config.ConfigError("x.toml: keep: 'many' is not an integer")
     assert hook.run(broken, "103", "pre-start") == 1
     assert hook.run(broken, "103", "post-stop") == 0
+
+
+def test_a_receive_left_hanging_by_a_dead_sender_is_stopped_and_reported(tmp_path):
+    t, local, _, _ = setup(tmp_path, record=rec(), local_snaps=[snap(1, NOW - 10)], online=("pve2",))
+    local.hung = ["stopped a receive into tank/media whose sender is gone (pid 4242)"]
+    report = t.run()
+    assert any("pid 4242" in line for line in report.lines()) and local.promoted == 5

@@ -50,3 +50,28 @@ def test_old_primary_demotes_itself_before_taking_a_stream(server):
 def test_current_sender_to_an_inert_replica_passes(server):
     server._fence({"ctid": 103, "epoch": 3}, "tank/media")
     assert server.demoted == []
+
+
+def test_stall_guard_ends_a_receive_whose_sender_went_silent(tmp_path):
+    """A child blocked reading a pipe nobody writes to is killed after the
+    stall time; one that keeps reading is left alone."""
+    import subprocess
+    import sys
+    import textwrap
+    code = textwrap.dedent("""
+        import os, sys, time
+        sys.path.insert(0, %r)
+        from pvezfsha.receive import stall_guard
+        r, w = os.pipe()
+        with stall_guard(float(sys.argv[1]), "test"):
+            if sys.argv[2] == "silent":
+                os.read(r, 1)          # blocks forever, as lzc_receive would
+            else:
+                for _ in range(4):
+                    os.write(w, b"x"); os.read(r, 1); time.sleep(0.6)
+        print("finished")
+    """) % os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    silent = subprocess.run([sys.executable, "-c", code, "1.5", "silent"], capture_output=True, text=True, timeout=30)
+    assert silent.returncode == -9 and "nothing from the sender for 2 s" in silent.stderr
+    busy = subprocess.run([sys.executable, "-c", code, "1.5", "busy"], capture_output=True, text=True, timeout=30)
+    assert busy.returncode == 0 and "finished" in busy.stdout

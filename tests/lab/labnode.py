@@ -20,6 +20,7 @@ import random
 import re
 import shlex
 import subprocess
+import time
 from pathlib import Path
 
 ON_HOST = bool(os.environ.get("PVEZFSHA_LAB_HOST"))
@@ -221,6 +222,14 @@ class Group:
     def popen_sync(self, *args: str) -> subprocess.Popen:
         return subprocess.Popen(["pvezfsha", "-v", "sync", *args, str(self.ctid)], env={**os.environ, **self.env()},
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def wait_idle(self, node: str, timeout: float = 300) -> None:
+        """Until no pvezfsha sync runs on node (post-start starts one)."""
+        deadline = time.time() + timeout
+        while sh(node, ["pgrep", "-f", "pvezfsha.* sync"], check=False).returncode == 0:
+            if time.time() > deadline:
+                raise AssertionError(f"{node}: a pvezfsha sync is still running after {timeout:.0f} s")
+            time.sleep(1)
 
     def write(self, path: str, mib: int = 1, node: str = "pve1") -> None:
         sh(node, ["dd", "if=/dev/urandom", f"of={self.mnt}/{path}", "bs=1M", f"count={mib}", "status=none"])

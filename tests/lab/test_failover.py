@@ -23,15 +23,6 @@ def live_checksums(node, mnt):
     return dict(reversed(line.split(None, 1)) for line in out.splitlines())
 
 
-def wait_for(pred, timeout=120, what="condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if pred():
-            return
-        time.sleep(1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_planned_relocate_loses_nothing_and_reverses_replication(group):
     group.write("a.bin", 4)
     group.sync()
@@ -57,8 +48,7 @@ def test_planned_relocate_loses_nothing_and_reverses_replication(group):
     group.write("new-on-pve2.bin", 1, node="pve2")
     p = group.hook("pve2", "post-start")
     assert p.returncode == 0 and "started in the background" in p.stdout
-    wait_for(lambda: sh("pve2", ["pgrep", "-f", "pvezfsha.* sync"], check=False).returncode != 0,
-             what="the background sync to finish")
+    group.wait_idle("pve2")
     s = group.sync(node="pve2")
     assert "nothing to do" in s.stderr, s.stderr     # the background sync already sent it
     assert checksums("pve1", group.ds) == live_checksums("pve2", group.mnt)
