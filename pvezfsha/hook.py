@@ -308,6 +308,8 @@ def final_push(cfg: Config, ct: Container, cluster: Cluster, phase: str) -> int:
         out, _ = proc.communicate()
         out += f"\nfinal push stopped after {timeout:.0f} s; it resumes at the next cycle"
         rc = 1
+    if rc != 0:
+        out += f"\nfinal push to the standbys failed (exit {rc}); a takeover will judge their freshness"
     for line in out.splitlines():
         if line.strip():
             print(f"pvezfsha {phase}: {line}", flush=True)

@@ -13,7 +13,7 @@ import time
 
 from pvezfsha import zfs
 from pvezfsha.cluster import Cluster
-from pvezfsha.config import Config, Container
+from pvezfsha.config import Config
 from pvezfsha.divergence import KEPT_PROP
 from pvezfsha.record import RecordError, RecordStore
 from pvezfsha.role import role_of

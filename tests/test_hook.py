@@ -4,7 +4,6 @@ whole decision table of the failover issue, one scenario per test."""
 
 import json
 import os
-import time
 
 import pytest
 

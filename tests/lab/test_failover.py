@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from labnode import ON_HOST, checksums, lab, sh, snapshots, zfs_get
+from labnode import ON_HOST, checksums, lab, sh, zfs_get
 
 pytestmark = pytest.mark.skipif(not ON_HOST, reason="power cuts need the host; run with PVEZFSHA_LAB_HOST=1")
 
