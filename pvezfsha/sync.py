@@ -35,7 +35,8 @@ from pvezfsha.record import Record, RecordError, RecordStore, Replica
 from pvezfsha.role import role_of
 from pvezfsha.state import Locked, dataset_lock
 from pvezfsha.transport import Session, ssh_argv
-from pvezfsha.versions import DatasetState, cursor_node, is_replication_snapshot, snapshot_name
+from pvezfsha.versions import (HOLD_STEP, DatasetState, cursor_node, is_replication_snapshot, snapshot_name,
+                               step_hold)
 
 
 def select_containers(cfg: Config, ctids: list[int]) -> list[Container]:
@@ -62,6 +63,17 @@ def needs_snapshot(state: DatasetState, prefix: str) -> bool:
 def cursor_guid(state: DatasetState, prefix: str, node: str) -> int | None:
     guids = [b for b in state.bookmarks if cursor_node(b.name, prefix) == node]
     return max(guids, key=lambda b: b.createtxg).guid if guids else None
+
+
+def stale_step_holds(state: DatasetState, dataset: str, nodes: tuple[str, ...]) -> dict[str, list[str]]:
+    """Step holds for nodes that left the group: nothing will ever release them."""
+    wanted = {step_hold(n) for n in nodes}
+    out = {}
+    for v in state.snapshots:
+        tags = [t for t in v.holds if t.startswith(HOLD_STEP + "-") and t not in wanted]
+        if tags:
+            out[v.full(dataset)] = tags
+    return out
 
 
 def take_snapshots(states: dict[str, DatasetState], datasets: list[str], prefix: str, now: dt.datetime) -> str:
@@ -166,10 +178,11 @@ def replicate(ctx: SyncContext, ct: Container, peers: list[str], *, epoch: int,
                         zfs.destroy_snapshots([v.full(name) for v in doomed])
                         logger.info(f"CT {ct.ctid}: {name}: pruned {len(doomed)} old snapshot(s) on {local}")
                         st = zfs.read_state(name)
-                    # Cursors of nodes no longer in the group are leaks.
+                    # Cursors and step holds of nodes no longer in the group are leaks.
                     gone = [b.full(name) for b in st.bookmarks
                             if (node := cursor_node(b.name, prefix)) is not None and node not in ct.nodes]
                     zfs.destroy_bookmarks(gone)
+                    zfs.release(stale_step_holds(st, name, ct.nodes))
                 cycle.states[name] = st
     return cycle
 

@@ -2,7 +2,7 @@
 
 import datetime as dt
 
-from pvezfsha.sync import needs_snapshot
+from pvezfsha.sync import needs_snapshot, stale_step_holds
 from pvezfsha.versions import (DatasetState, Version, cursor_name, cursor_node, is_replication_snapshot,
                                snapshot_name)
 
@@ -57,3 +57,10 @@ def test_snapshot_when_another_tools_snapshot_is_newest():
 def test_state_survives_the_json_round_trip_of_a_session():
     st = DatasetState("d", True, snapshots=(Version("a", 2**64 - 1, 5, 6, holds=("pvezfsha-last",)),))
     assert DatasetState.from_dict(st.to_dict()) == st
+
+
+def test_step_holds_of_nodes_that_left_the_group_are_leaks():
+    st = DatasetState("d", True, snapshots=(
+        Version("a", 1, 1, 0, holds=("pvezfsha-step-pve2", "pvezfsha-step-pve9", "sanoid")),
+        Version("b", 2, 2, 0, holds=("pvezfsha-step-pve3",))))
+    assert stale_step_holds(st, "tank/d", ("pve1", "pve2", "pve3")) == {"tank/d@a": ["pvezfsha-step-pve9"]}
