@@ -57,6 +57,8 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sync", help="one replication cycle: snapshot, send to standbys, prune")
     s.add_argument("ctids", nargs="*", type=_ctid, metavar="CTID", help="containers (default: all configured)")
     s.add_argument("-n", "--dry-run", action="store_true", help="print the plan, change nothing")
+    s.add_argument("--if-due", action="store_true",
+                   help="only containers whose last cycle is `interval` ago (what the timer runs)")
     st = sub.add_parser("status", help="replication state of each protected dataset, as this node sees it")
     st.add_argument("ctids", nargs="*", type=_ctid, metavar="CTID")
     st.add_argument("--json", action="store_true", help="machine-readable output")
@@ -122,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config.load(args.config)
         if args.command == "sync":
             from pvezfsha import sync
-            return sync.run(cfg, args.ctids, dry_run=args.dry_run)
+            return sync.run(cfg, args.ctids, dry_run=args.dry_run, if_due=args.if_due)
         if args.command == "status":
             from pvezfsha import status
             return status.run(cfg, args.ctids, as_json=args.json)

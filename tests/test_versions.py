@@ -2,7 +2,6 @@
 
 import datetime as dt
 
-from pvezfsha.sync import needs_snapshot, stale_step_holds
 from pvezfsha.versions import (DatasetState, Version, cursor_name, cursor_node, is_replication_snapshot,
                                snapshot_name)
 
@@ -34,33 +33,6 @@ def test_cursor_bookmark_names_its_standby():
     assert cursor_node(name, "pvezfsha") == "pve-2" and cursor_node("other_bookmark", "pvezfsha") is None
 
 
-def v(name, txg):
-    return Version(name, txg, txg, 0)
-
-
-def test_no_snapshot_when_nothing_was_written_since_ours():
-    st = DatasetState("d", True, snapshots=(v("pvezfsha_20261129T081500Z", 1),))
-    assert not needs_snapshot(st, "pvezfsha")
-
-
-def test_snapshot_when_something_was_written():
-    st = DatasetState("d", True, snapshots=(v("pvezfsha_20261129T081500Z", 1),), written=1)
-    assert needs_snapshot(st, "pvezfsha")
-
-
-def test_snapshot_when_another_tools_snapshot_is_newest():
-    # written counts only since sanoid's snapshot, which may hide our changes.
-    st = DatasetState("d", True, snapshots=(v("pvezfsha_20261129T081500Z", 1), v("autosnap_x", 2)))
-    assert needs_snapshot(st, "pvezfsha")
-
-
 def test_state_survives_the_json_round_trip_of_a_session():
     st = DatasetState("d", True, snapshots=(Version("a", 2**64 - 1, 5, 6, holds=("pvezfsha-last",)),))
     assert DatasetState.from_dict(st.to_dict()) == st
-
-
-def test_step_holds_of_nodes_that_left_the_group_are_leaks():
-    st = DatasetState("d", True, snapshots=(
-        Version("a", 1, 1, 0, holds=("pvezfsha-step-pve2", "pvezfsha-step-pve9", "sanoid")),
-        Version("b", 2, 2, 0, holds=("pvezfsha-step-pve3",))))
-    assert stale_step_holds(st, "tank/d", ("pve1", "pve2", "pve3")) == {"tank/d@a": ["pvezfsha-step-pve9"]}
