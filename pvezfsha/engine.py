@@ -24,7 +24,7 @@ from pvezfsha.config import Options
 from pvezfsha.errors import ZfsError
 from pvezfsha.planner import Conflict, Plan, Step, plan_prune, plan_replication
 from pvezfsha.transport import Session
-from pvezfsha.versions import DatasetState, Version, cursor_name, cursor_node, step_hold
+from pvezfsha.versions import HOLD_LAST, DatasetState, Version, cursor_name, cursor_node, step_hold
 
 
 @dataclass
@@ -39,6 +39,7 @@ class Outcome:
     kept: str | None = None
     pruned: int = 0
     newest: str | None = None
+    cursor_moved: bool = False
 
     def summary(self) -> str:
         if not self.steps:
@@ -79,7 +80,6 @@ class Replicator:
         # Sent with every request that changes the peer, so a peer that knows
         # of a later takeover refuses a stale sender (fencing).
         self.fence = {"ctid": ctid, "epoch": epoch}
-        self._held: set[str] = set()   # step holds this run placed
 
     def remote_state(self, dataset: str) -> DatasetState:
         return DatasetState.from_dict(self.session.request("state", dataset=dataset)["state"])
@@ -106,25 +106,40 @@ class Replicator:
 
         flags = send_flags(self.options, source)
         t0 = time.monotonic()
-        for step in plan.steps:
-            self._run_step(src_ds, dst_ds, step, flags, out, source)
-        out.seconds = time.monotonic() - t0
+        done: list[Step] = []
         if plan.steps:
-            target = self.remote_state(dst_ds)
-        self._release_step_holds(src_ds)
-        out.pruned = self._prune_target(dst_ds, target)
+            held = self._hold_steps(src_ds, plan.steps, source)
+            try:
+                for step in plan.steps:
+                    self._run_step(src_ds, dst_ds, step, flags, out)
+                    done.append(step)
+            finally:
+                # Once per dataset, not per step: each move waits for a txg.
+                if done:
+                    out.cursor_moved = self._move_cursor(src_ds, done[-1].to, source)
+            # Step holds stay on an interrupted step: they keep it resumable.
+            zfs.release({n: [step_hold(self.peer)] for n in held})
+        elif plan.base is not None:
+            # Already in sync (a replica seeded by hand, say): make sure the
+            # cursor exists, so the next no-op cycle needs no ssh at all.
+            out.cursor_moved = self._move_cursor(src_ds, plan.base, source)
+        out.seconds = time.monotonic() - t0
+        out.pruned = self._finish(dst_ds, target, done)
         return out
 
-    def _run_step(self, src_ds: str, dst_ds: str, step: Step, flags: tuple[str, ...], out: Outcome,
-                  source: DatasetState) -> None:
+    def _hold_steps(self, src_ds: str, steps, source: DatasetState) -> set[str]:
+        """Persistent step holds on every snapshot the steps send from or to,
+        in one call; returns all snapshots carrying our step hold (leaked ones
+        of an interrupted earlier attempt included), to release on success."""
+        tag = step_hold(self.peer)
+        already = {v.full(src_ds) for v in source.snapshots if tag in v.holds}
+        wanted = {v.full(src_ds) for st in steps for v in (st.from_, st.to) if v is not None and not v.bookmark}
+        zfs.hold({n: tag for n in wanted - already})
+        return wanted | already
+
+    def _run_step(self, src_ds: str, dst_ds: str, step: Step, flags: tuple[str, ...], out: Outcome) -> None:
         to = step.to.full(src_ds)
         frm = step.from_.full(src_ds) if step.from_ else None
-        tag = step_hold(self.peer)
-        held = {n: tag for n in (to, frm) if n and "@" in n}
-        # Already held from an interrupted earlier attempt: holding twice fails.
-        existing = {v.full(src_ds) for v in source.snapshots if tag in v.holds} | self._held
-        zfs.hold({n: t for n, t in held.items() if n not in existing})
-        self._held |= set(held)
 
         def produce(fd: int) -> None:
             if step.resume_token:
@@ -140,30 +155,39 @@ class Replicator:
         out.bytes += res.bytes
         out.newest = step.to.name
         logger.debug(f"{src_ds} -> {self.peer}: {step.describe()}: {res.bytes} bytes in {res.seconds:.2f} s")
-        self._move_cursor(src_ds, step.to)
 
-    def _move_cursor(self, src_ds: str, to: Version) -> None:
+    def _move_cursor(self, src_ds: str, to: Version, source: DatasetState) -> bool:
+        """The peer's cursor bookmark onto `to`; True if anything changed."""
         prefix = self.options.snapshot_prefix
         new = cursor_name(prefix, self.peer, to.guid)
-        old = [b for b in zfs.list_bookmarks(src_ds) if cursor_node(b.name, prefix) == self.peer]
+        old = [b for b in source.bookmarks if cursor_node(b.name, prefix) == self.peer]
+        if any(b.name == new for b in old) and len(old) == 1:
+            return False
         if not any(b.name == new for b in old):
-            zfs.bookmark({f"{src_ds}#{new}": to.full(src_ds)})
+            src = to.full(src_ds)
+            if to.bookmark:   # the base survives only as a bookmark: copy it
+                src = f"{src_ds}#{to.name}"
+            zfs.bookmark({f"{src_ds}#{new}": src})
         # Create before destroy: a crash in between leaves two cursors, and
         # the older one is removed by the next move.
         zfs.destroy_bookmarks([b.full(src_ds) for b in old if b.name != new])
+        return True
 
-    def _release_step_holds(self, src_ds: str) -> None:
-        tag = step_hold(self.peer)
-        state = zfs.read_state(src_ds)
-        zfs.release({v.full(src_ds): [tag] for v in state.snapshots if tag in v.holds})
-        self._held = {n for n in self._held if not n.startswith(src_ds + "@")}
-
-    def _prune_target(self, dst_ds: str, target: DatasetState) -> int:
-        if not target.newest:
+    def _finish(self, dst_ds: str, target: DatasetState, done: list[Step]) -> int:
+        """One request: the last-received hold onto the newest snapshot, and
+        pruning, planned from the state read at the start plus what was sent
+        (no second listing of the standby)."""
+        received = tuple(Version(st.to.name, st.to.guid, createtxg=(1 << 62) + i, creation=st.to.creation)
+                         for i, st in enumerate(done))
+        after = DatasetState(dst_ds, True, snapshots=target.snapshots + received)
+        newest = after.newest
+        if newest is None:
             return 0
-        doomed = plan_prune(target, self.options.snapshot_prefix, self.options.keep, {target.newest.guid})
-        if not doomed:
+        held_last = [v.name for v in target.snapshots if HOLD_LAST in v.holds]
+        doomed = plan_prune(after, self.options.snapshot_prefix, self.options.keep, {newest.guid})
+        if held_last == [newest.name] and not doomed:
             return 0
-        res = self.session.request("destroy", dataset=dst_ds, **self.fence,
-                                   snapshots=[{"name": v.name, "guid": v.guid} for v in doomed])
+        res = self.session.request("finish", dataset=dst_ds, hold=newest.name, held=newest.name in held_last,
+                                   release=[n for n in held_last if n != newest.name],
+                                   destroy=[{"name": v.name, "guid": v.guid} for v in doomed], **self.fence)
         return int(res.get("destroyed", 0))

@@ -142,18 +142,34 @@ class Server:
         self._fence(req, ds)
         with stall_guard(float(req.get("stall") or 300), snap):
             zfs.receive(snap, self.in_fd, force=bool(req.get("force")), raw=bool(req.get("raw")))
-        st = zfs.read_state(ds)
-        got = next((s for s in st.snapshots if s.name == short), None)
-        if got is None or got.guid != req.get("guid"):
-            raise ZfsError(f"{snap}: received snapshot has guid {got.guid if got else None:}, "
-                           f"expected {req.get('guid')}", kind="GuidMismatch")
-        if not st.readonly or st.canmount != "noauto":
+        # Identity is the guid: confirm it, at constant cost (no full listing).
+        q = zfs.quick_state(ds, [short])
+        if q.guids.get(short) != req.get("guid"):
+            raise ZfsError(f"{snap}: received snapshot has guid {q.guids.get(short)}, expected {req.get('guid')}",
+                           kind="GuidMismatch")
+        if not q.readonly or q.canmount != "noauto":
             zfscli.set_props(ds, INERT)
-        # Move the last-received hold: take the new one before dropping the old.
-        zfs.hold({snap: HOLD_LAST})
-        zfs.release({f"{ds}@{s.name}": [HOLD_LAST] for s in st.snapshots
-                     if HOLD_LAST in s.holds and s.name != short})
-        return {"state": zfs.read_state(ds).to_dict()}
+        return {"guid": q.guids[short]}
+
+    def op_finish(self, req: dict) -> dict:
+        """After a dataset's steps: move the last-received hold to `hold`,
+        and prune the snapshots named by the sender, each checked by guid."""
+        ds = self._dataset(req)
+        self._lock(ds)
+        self._fence(req, ds)
+        doomed = {d["name"]: d["guid"] for d in req.get("destroy", [])}
+        hold = req.get("hold")
+        q = zfs.quick_state(ds, [*doomed, *([hold] if hold else [])])
+        if hold:
+            if q.guids.get(hold) is None:
+                raise ZfsError(f"{ds}@{hold} does not exist", kind="SnapshotNotFound")
+            if not req.get("held"):
+                # Take the new hold before dropping the old ones.
+                zfs.hold({f"{ds}@{hold}": HOLD_LAST})
+            zfs.release({f"{ds}@{n}": [HOLD_LAST] for n in req.get("release", []) if n != hold})
+        names = [f"{ds}@{n}" for n, g in doomed.items() if q.guids.get(n) == g and n != hold]
+        zfs.destroy_snapshots(names)
+        return {"destroyed": len(names)}
 
     def op_abort_resume(self, req: dict) -> dict:
         ds = self._dataset(req)
@@ -169,21 +185,6 @@ class Server:
         self._fence(req, ds)
         result = divergence.keep_diverged(ds, int(req["base_guid"]), req["prefix"], self.node)
         return {**result, "state": zfs.read_state(ds).to_dict()}
-
-    def op_destroy(self, req: dict) -> dict:
-        """Prune: destroy snapshots named by the sender, each checked by guid."""
-        ds = self._dataset(req)
-        self._lock(ds)
-        self._fence(req, ds)
-        st = zfs.read_state(ds)
-        by_name = {s.name: s for s in st.snapshots}
-        doomed = []
-        for item in req.get("snapshots", []):
-            s = by_name.get(item.get("name"))
-            if s is not None and s.guid == item.get("guid") and not s.holds:
-                doomed.append(f"{ds}@{s.name}")
-        zfs.destroy_snapshots(doomed)
-        return {"destroyed": len(doomed)}
 
     def serve(self) -> int:
         try:

@@ -21,7 +21,7 @@ import datetime as dt
 import json
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from loguru import logger
 
@@ -35,8 +35,8 @@ from pvezfsha.record import Record, RecordError, RecordStore, Replica
 from pvezfsha.role import role_of
 from pvezfsha.state import Locked, dataset_lock, run_dir
 from pvezfsha.transport import Session, ssh_argv
-from pvezfsha.versions import (HOLD_STEP, DatasetState, cursor_node, is_replication_snapshot, snapshot_name,
-                               step_hold)
+from pvezfsha.versions import (HOLD_STEP, DatasetState, Version, cursor_node, is_replication_snapshot,
+                               snapshot_name, step_hold)
 
 
 def select_containers(cfg: Config, ctids: list[int]) -> list[Container]:
@@ -142,24 +142,28 @@ def replicate(ctx: SyncContext, ct: Container, peers: list[str], *, epoch: int,
             for pool in sorted({name.split("/", 1)[0] for name, _ in datasets}):
                 zfs.sync_pool(pool)
         cycle.started = time.time()
+        quiet: set[str] = set()     # datasets the cache proved up to date everywhere
         for name, remotes in list(datasets):
-            st = zfs.read_state(name)
+            st, fast = load_state(name, list(remotes), opts)
             if not st.exists:
                 logger.error(f"CT {ct.ctid}: {name} does not exist on {local}")
                 datasets.remove((name, remotes))
                 cycle.rc = 1
                 continue
             cycle.states[name] = st
+            if fast:
+                quiet.add(name)
 
-        changed = [n for n, _ in datasets if snapshot and needs_snapshot(cycle.states[n], prefix)]
+        changed = [n for n, _ in datasets if snapshot and n not in quiet and needs_snapshot(cycle.states[n], prefix)]
         if changed:
             now = dt.datetime.now(dt.timezone.utc)
             if ctx.dry_run:
                 logger.info(f"CT {ct.ctid}: would snapshot {', '.join(changed)} as @{snapshot_name(prefix, now)}")
             else:
-                take_snapshots(cycle.states, changed, prefix, now)
+                name = take_snapshots(cycle.states, changed, prefix, now)
                 for n in changed:
-                    cycle.states[n] = zfs.read_state(n)
+                    guid = zfs.quick_state(n, [name]).guids[name]
+                    cycle.states[n] = cycle.states[n].plus(Version(name, guid, 0, int(now.timestamp())))
 
         for peer in peers:
             rc, outs = sync_peer(ctx, ct, peer, datasets, cycle.states, epoch)
@@ -169,15 +173,18 @@ def replicate(ctx: SyncContext, ct: Container, peers: list[str], *, epoch: int,
                 cycle.reached.add(peer)
 
         if not ctx.dry_run:
+            moved = {o.dataset for outs in cycle.outcomes.values() for o in outs if o.cursor_moved}
             for name, remotes in datasets:
-                st = zfs.read_state(name)
-                if prune:
+                st = cycle.states[name]
+                if name in moved:
+                    st = replace(st, bookmarks=tuple(zfs.list_bookmarks(name)))
+                if prune and name not in quiet:
                     protect = {g for g in (cursor_guid(st, prefix, p) for p in ct.nodes) if g is not None}
                     doomed = plan_prune(st, prefix, opts.keep, protect)
                     if doomed:
                         zfs.destroy_snapshots([v.full(name) for v in doomed])
                         logger.info(f"CT {ct.ctid}: {name}: pruned {len(doomed)} old snapshot(s) on {local}")
-                        st = zfs.read_state(name)
+                        st = st.minus({v.guid for v in doomed})
                     # Cursors and step holds of nodes no longer in the group are leaks.
                     gone = [b.full(name) for b in st.bookmarks
                             if (node := cursor_node(b.name, prefix)) is not None and node not in ct.nodes]
@@ -185,6 +192,52 @@ def replicate(ctx: SyncContext, ct: Container, peers: list[str], *, epoch: int,
                     zfs.release(stale_step_holds(st, name, ct.nodes))
                 cycle.states[name] = st
     return cycle
+
+
+def _cache_path(dataset: str):
+    return run_dir() / "cache" / (dataset.replace("/", "%") + ".json")
+
+
+def load_state(name: str, peers: list[str], opts) -> tuple[DatasetState, bool]:
+    """The dataset's state, and whether it is known to need nothing at all.
+
+    Listing costs per snapshot (a property read each), so a quiet cycle
+    would grow with the snapshot count. Instead, like bzfs's snapshot cache,
+    the newest snapshot is remembered with the dataset's `snapshots_changed`
+    (OpenZFS >= 2.2): while that has not moved, nothing was written, and
+    every peer's cursor is at that snapshot, the cycle needs no listing, no
+    snapshot and no ssh. Any doubt means a full read.
+    """
+    q = zfs.quick_state(name)
+    if not q.exists:
+        return DatasetState(name, exists=False), False
+    prefix = opts.snapshot_prefix
+    try:
+        cached = json.loads(_cache_path(name).read_text())
+    except (OSError, ValueError):
+        cached = None
+    if (cached and q.snapshots_changed is not None and cached.get("changed") == q.snapshots_changed
+            and not q.written and not q.resumable and cached.get("count", opts.keep + 1) <= opts.keep):
+        newest = Version(**cached["newest"])
+        st = DatasetState(name, True, snapshots=(newest,), bookmarks=tuple(zfs.list_bookmarks(name)),
+                          readonly=q.readonly, canmount=q.canmount)
+        if is_replication_snapshot(newest.name, prefix) and all(cursor_guid(st, prefix, p) == newest.guid
+                                                                for p in peers):
+            return st, True
+    st = zfs.read_state(name)
+    # Trust the cache only for a snapshots_changed at least 2 s old: it has a
+    # one-second resolution, and a snapshot made in the same second as our
+    # read must not hide behind an unchanged value.
+    if q.snapshots_changed is not None and st.newest and time.time() - q.snapshots_changed >= 2:
+        count = sum(1 for v in st.snapshots if is_replication_snapshot(v.name, prefix))
+        try:
+            path = _cache_path(name)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"changed": q.snapshots_changed, "count": count,
+                                        "newest": {k: v for k, v in asdict(st.newest).items() if k != "holds"}}))
+        except OSError:
+            pass
+    return st, False
 
 
 def sync_peer(ctx: SyncContext, ct: Container, peer: str, datasets, states, epoch: int) -> tuple[int, list[Outcome]]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 # Hold tags and bookmark names pvezfsha owns.
 HOLD_LAST = "pvezfsha-last"          # standby: the last received snapshot
@@ -75,6 +75,15 @@ class DatasetState:
         out = {b.guid: b for b in self.bookmarks}
         out.update({s.guid: s for s in self.snapshots})
         return out
+
+    def plus(self, snap: Version) -> "DatasetState":
+        """This state with a snapshot just taken (after every other version)."""
+        top = max((v.createtxg for v in (*self.snapshots, *self.bookmarks)), default=0)
+        new = Version(snap.name, snap.guid, top + 1, snap.creation)
+        return replace(self, snapshots=(*self.snapshots, new), written=0)
+
+    def minus(self, gone: set[int]) -> "DatasetState":
+        return replace(self, snapshots=tuple(v for v in self.snapshots if v.guid not in gone))
 
     def to_dict(self) -> dict:
         return asdict(self)

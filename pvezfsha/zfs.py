@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import struct
 import zlib
+from dataclasses import dataclass, field
 
 from pvezfsha.errors import ZfsError
 from pvezfsha.versions import DatasetState, ResumeToken, Version
@@ -160,6 +161,57 @@ def read_state(dataset: str) -> DatasetState:
         origin=_s(res.get(b"origin") or ""),
         props={_s(k): _s(v) for k, v in (res.get(b"props") or {}).items()},
     )
+
+
+_QUICK_PROGRAM = b"""
+args = ...
+local ds = args["argv"][1]
+if not zfs.exists(ds) then return {exists = false} end
+local out = {exists = true, written = zfs.get_prop(ds, "written"),
+             changed = zfs.get_prop(ds, "snapshots_changed"),
+             readonly = zfs.get_prop(ds, "readonly"), canmount = zfs.get_prop(ds, "canmount"),
+             token = zfs.get_prop(ds, "receive_resume_token"), guids = {}}
+for i = 2, #args["argv"] do
+  local snap = ds .. "@" .. args["argv"][i]
+  if zfs.exists(snap) then out.guids[args["argv"][i]] = zfs.get_prop(snap, "guid") end
+end
+return out
+"""
+
+
+@dataclass(frozen=True)
+class Quick:
+    """A dataset's few properties and the guids of named snapshots: constant
+    cost, however many snapshots it has."""
+
+    exists: bool
+    written: int = 0
+    snapshots_changed: int | None = None    # OpenZFS >= 2.2; None where unknown
+    readonly: bool = False
+    canmount: str = "on"
+    resumable: bool = False
+    guids: dict[str, int] = field(default_factory=dict)
+
+
+def quick_state(dataset: str, snapshots: list[str] = ()) -> Quick:
+    _need_lzc()
+    try:
+        res = lzc.lzc_channel_program_nosync(_b(_pool(dataset)), _QUICK_PROGRAM,
+                                             params=[_b(dataset), *(_b(n) for n in snapshots)])
+    except Exception as e:
+        if lzc_exc is not None and isinstance(e, lzc_exc.PoolNotFound):
+            return Quick(False)
+        if lzc_exc is not None and isinstance(e, (lzc_exc.ZFSError, OSError)):
+            raise wrap(f"reading {dataset}", e) from e
+        raise
+    if not res.get(b"exists"):
+        return Quick(False)
+    token = res.get(b"token")
+    changed = res.get(b"changed")
+    return Quick(True, int(res.get(b"written") or 0), int(changed) if changed else None,
+                 _flag(res.get(b"readonly")), _s(res.get(b"canmount") or "on"),
+                 bool(token) and _s(token) not in ("-", ""),
+                 {_s(k): v & _U64 for k, v in (res.get(b"guids") or {}).items()})
 
 
 _CHILDREN_PROGRAM = b"""

@@ -39,3 +39,72 @@ def test_a_container_is_due_once_its_interval_has_passed(tmp_path, monkeypatch):
     mark_cycle(103, 1000)
     assert not due(103, 600, now=1300)
     assert due(103, 600, now=1580)            # 30 s slack for a 1-minute timer
+
+
+class FakeZfs:
+    """Just what load_state reads: quick properties, bookmarks, full listing."""
+
+    def __init__(self, snaps, bookmarks, changed, written=0):
+        self.snaps, self.bookmarks, self.changed, self.written = snaps, bookmarks, changed, written
+        self.full_reads = 0
+
+    def quick_state(self, name, snapshots=()):
+        from pvezfsha.zfs import Quick
+        return Quick(True, self.written, self.changed)
+
+    def list_bookmarks(self, name):
+        return list(self.bookmarks)
+
+    def read_state(self, name):
+        self.full_reads += 1
+        return DatasetState(name, True, snapshots=tuple(self.snaps), bookmarks=tuple(self.bookmarks),
+                            written=self.written)
+
+
+def cached_setup(tmp_path, monkeypatch, **kw):
+    import time
+
+    from pvezfsha import config, sync
+    monkeypatch.setenv("PVEZFSHA_RUN_DIR", str(tmp_path))
+    newest = Version("pvezfsha_20261129T081500Z", 77, 5, 0)
+    cursor = Version("pvezfsha_cursor_pve2_000000000000004d", 77, 5, 0, bookmark=True)
+    fake = FakeZfs([Version("pvezfsha_20261129T080000Z", 76, 4, 0), newest], [cursor],
+                   changed=int(time.time()) - 60, **kw)
+    monkeypatch.setattr(sync, "zfs", fake)
+    return sync, fake, config.Options(keep=10)
+
+
+def test_a_quiet_dataset_is_read_in_full_once_then_from_the_cache(tmp_path, monkeypatch):
+    sync, fake, opts = cached_setup(tmp_path, monkeypatch)
+    st, fast = sync.load_state("tank/a", ["pve2"], opts)
+    assert not fast and fake.full_reads == 1 and len(st.snapshots) == 2
+    st, fast = sync.load_state("tank/a", ["pve2"], opts)
+    assert fast and fake.full_reads == 1 and st.newest.guid == 77
+
+
+def test_new_writes_bypass_the_cache(tmp_path, monkeypatch):
+    sync, fake, opts = cached_setup(tmp_path, monkeypatch)
+    sync.load_state("tank/a", ["pve2"], opts)
+    fake.written = 4096
+    assert sync.load_state("tank/a", ["pve2"], opts)[1] is False and fake.full_reads == 2
+
+
+def test_a_snapshot_created_or_destroyed_bypasses_the_cache(tmp_path, monkeypatch):
+    sync, fake, opts = cached_setup(tmp_path, monkeypatch)
+    sync.load_state("tank/a", ["pve2"], opts)
+    fake.changed += 1
+    assert sync.load_state("tank/a", ["pve2"], opts)[1] is False
+
+
+def test_a_standby_behind_its_cursor_bypasses_the_cache(tmp_path, monkeypatch):
+    sync, fake, opts = cached_setup(tmp_path, monkeypatch)
+    sync.load_state("tank/a", ["pve2", "pve3"], opts)        # pve3 has no cursor
+    assert sync.load_state("tank/a", ["pve2", "pve3"], opts)[1] is False
+
+
+def test_a_snapshots_changed_of_this_very_second_is_not_cached(tmp_path, monkeypatch):
+    import time
+    sync, fake, opts = cached_setup(tmp_path, monkeypatch)
+    fake.changed = int(time.time())
+    sync.load_state("tank/a", ["pve2"], opts)
+    assert sync.load_state("tank/a", ["pve2"], opts)[1] is False and fake.full_reads == 2
