@@ -131,8 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("promote", "demote"):
             from pvezfsha import hook
             from pvezfsha.cluster import Cluster
-            from pvezfsha.sync import select_containers
-            ct = select_containers(cfg, [args.ctid])[0]
+            ct = cfg.select([args.ctid])[0]
             return getattr(hook, args.command)(cfg, ct, Cluster(), args.force)
         if args.command == "diverged":
             from pvezfsha import status

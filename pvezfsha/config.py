@@ -13,7 +13,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pvezfsha.errors import ConfigError
+from pvezfsha.errors import ConfigError, UsageError
 
 DEFAULT_PATH = "/etc/pvezfsha/pvezfsha.toml"
 
@@ -117,6 +117,13 @@ class Config:
 
     def container(self, ctid: int) -> Container | None:
         return self.containers.get(ctid)
+
+    def select(self, ctids: list[int]) -> list[Container]:
+        """The named containers (all when none is named); unknown ones are a usage error."""
+        unknown = [c for c in ctids if c not in self.containers]
+        if unknown:
+            raise UsageError(f"container {', '.join(map(str, unknown))} is not configured in {self.path}")
+        return [self.containers[c] for c in (ctids or sorted(self.containers))]
 
 
 _OPTION_KEYS = {

@@ -38,9 +38,8 @@ from pvezfsha.errors import PvezfshaError
 from pvezfsha.peers import Peers, try_holdings
 from pvezfsha.record import Record, RecordError, RecordStore
 from pvezfsha.role import role_of
-from pvezfsha.sync import newest_replication
 from pvezfsha.takeover import Case, Holding, Situation, classify, fmt_age, freshest, judge, replica_age
-from pvezfsha.versions import DatasetState
+from pvezfsha.versions import DatasetState, newest_replication
 
 PHASES = ("pre-start", "post-start", "pre-stop", "post-stop")
 

@@ -17,7 +17,7 @@ from pvezfsha.config import Config
 from pvezfsha.divergence import KEPT_PROP
 from pvezfsha.record import RecordError, RecordStore
 from pvezfsha.role import role_of
-from pvezfsha.sync import cursor_guid, select_containers
+from pvezfsha.versions import cursor_guid
 
 
 def age(seconds: float | None) -> str:
@@ -35,7 +35,7 @@ def collect(cfg: Config, ctids: list[int], cluster: Cluster) -> list[dict]:
     now = time.time()
     rows = []
     store = RecordStore(cluster.root)
-    for ct in select_containers(cfg, ctids):
+    for ct in cfg.select(ctids):
         try:
             role = role_of(cluster, store, ct.ctid)
         except RecordError as e:
@@ -110,7 +110,7 @@ def diverged(cfg: Config, ctids: list[int], cluster: Cluster | None = None) -> i
     """What was kept, and the commands to look at it or bring it back."""
     local = (cluster or Cluster()).local_node()
     any_found = False
-    for ct in select_containers(cfg, ctids):
+    for ct in cfg.select(ctids):
         for ds in ct.datasets:
             name = ds.on(local)
             for kept, info in kept_for(name).items():

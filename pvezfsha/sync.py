@@ -35,19 +35,8 @@ from pvezfsha.record import Record, RecordError, RecordStore, Replica
 from pvezfsha.role import role_of
 from pvezfsha.state import Locked, dataset_lock, run_dir
 from pvezfsha.transport import Session, ssh_argv
-from pvezfsha.versions import (HOLD_STEP, DatasetState, Version, cursor_node, is_replication_snapshot,
-                               snapshot_name, step_hold)
-
-
-def select_containers(cfg: Config, ctids: list[int]) -> list[Container]:
-    unknown = [c for c in ctids if c not in cfg.containers]
-    if unknown:
-        raise UsageError(f"container {', '.join(map(str, unknown))} is not configured in {cfg.path}")
-    return [cfg.containers[c] for c in (ctids or sorted(cfg.containers))]
-
-
-def newest_replication(state: DatasetState, prefix: str):
-    return next((s for s in reversed(state.snapshots) if is_replication_snapshot(s.name, prefix)), None)
+from pvezfsha.versions import (HOLD_STEP, DatasetState, Version, cursor_guid, cursor_node, is_replication_snapshot,
+                               newest_replication, snapshot_name, step_hold)
 
 
 def needs_snapshot(state: DatasetState, prefix: str) -> bool:
@@ -58,11 +47,6 @@ def needs_snapshot(state: DatasetState, prefix: str) -> bool:
     # Someone else's newer snapshot (sanoid) may hide changes from `written`.
     last_ours = newest_replication(state, prefix)
     return last_ours is None or last_ours.guid != newest.guid
-
-
-def cursor_guid(state: DatasetState, prefix: str, node: str) -> int | None:
-    guids = [b for b in state.bookmarks if cursor_node(b.name, prefix) == node]
-    return max(guids, key=lambda b: b.createtxg).guid if guids else None
 
 
 def stale_step_holds(state: DatasetState, dataset: str, nodes: tuple[str, ...]) -> dict[str, list[str]]:
@@ -382,7 +366,7 @@ def run(cfg: Config, ctids: list[int], dry_run: bool = False, cluster: Cluster |
         if_due: bool = False) -> int:
     ctx = SyncContext(cfg, cluster or Cluster(), dry_run)
     rc = 0
-    for ct in select_containers(cfg, ctids):
+    for ct in cfg.select(ctids):
         now = time.time()
         if if_due and not due(ct.ctid, cfg.interval, now):
             continue
@@ -395,7 +379,7 @@ def run(cfg: Config, ctids: list[int], dry_run: bool = False, cluster: Cluster |
 def transfer(cfg: Config, ctid: int, to: str, final: bool, cluster: Cluster | None = None) -> int:
     """Run on another node by a takeover; prints one JSON line for it."""
     ctx = SyncContext(cfg, cluster or Cluster())
-    ct = select_containers(cfg, [ctid])[0]
+    ct = cfg.select([ctid])[0]
     local = ctx.cluster.local_node()
     if to not in ct.nodes or to == local:
         raise UsageError(f"--to {to}: not another node of container {ctid} ({', '.join(ct.nodes)})")

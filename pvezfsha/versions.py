@@ -99,6 +99,16 @@ class DatasetState:
         return cls(**d)
 
 
+def newest_replication(state: DatasetState, prefix: str) -> Version | None:
+    return next((s for s in reversed(state.snapshots) if is_replication_snapshot(s.name, prefix)), None)
+
+
+def cursor_guid(state: DatasetState, prefix: str, node: str) -> int | None:
+    """The guid the standby `node` is known to hold: its newest cursor's."""
+    cursors = [b for b in state.bookmarks if cursor_node(b.name, prefix) == node]
+    return max(cursors, key=lambda b: b.createtxg).guid if cursors else None
+
+
 def snapshot_name(prefix: str, when: dt.datetime, taken: set[str] = frozenset()) -> str:
     """<prefix>_<UTC time>, with _2, _3... if that second is already taken."""
     base = name = f"{prefix}_{when.astimezone(dt.timezone.utc):%Y%m%dT%H%M%SZ}"
