@@ -17,17 +17,12 @@ from pvezfsha.config import Config
 from pvezfsha.divergence import KEPT_PROP
 from pvezfsha.record import RecordError, RecordStore
 from pvezfsha.role import role_of
+from pvezfsha.takeover import fmt_age
 from pvezfsha.versions import cursor_guid
 
 
 def age(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    s = int(max(0, seconds))
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if s >= size:
-            return f"{s // size}{unit}"
-    return f"{s}s"
+    return "-" if seconds is None else fmt_age(max(0.0, seconds))
 
 
 def collect(cfg: Config, ctids: list[int], cluster: Cluster) -> list[dict]:
