@@ -100,10 +100,9 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
 
-    from loguru import logger
-
     from pvezfsha import config, log
     from pvezfsha.errors import PvezfshaError
+    from pvezfsha.log import logger
 
     log.setup(args.verbose)
     try:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from loguru import logger
+from pvezfsha.log import logger
 
 from pvezfsha import zfs, zfscli
 from pvezfsha.errors import ZfsError

@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from loguru import logger
+from pvezfsha.log import logger
 
 from pvezfsha import zfs
 from pvezfsha.config import Options

@@ -28,7 +28,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from loguru import logger
+from pvezfsha.log import logger
 
 from pvezfsha import replica, state, zfs
 from pvezfsha.cluster import Cluster

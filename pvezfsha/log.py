@@ -2,6 +2,12 @@
 
 Under systemd (JOURNAL_STREAM is set) the journal adds time and unit, so
 lines carry only the level and the message.
+
+`logger` here is loguru's logger, imported on first use. Importing loguru
+costs about a second on a slow node (it pulls in asyncio, ssl and
+multiprocessing), and `pvezfsha receive`, started over ssh on the standby
+every cycle, usually logs nothing: it answers sooner without it. On the
+primary the import then overlaps the standby's start instead of preceding it.
 """
 
 from __future__ import annotations
@@ -9,14 +15,46 @@ from __future__ import annotations
 import os
 import sys
 
-from loguru import logger
+_settings: dict | None = None   # what setup() asked for, applied when loguru is loaded
+_loguru = None
+
+
+def _load():
+    global _loguru
+    if _loguru is None:
+        from loguru import logger
+        _loguru = logger
+        _apply()
+    return _loguru
+
+
+def _apply() -> None:
+    if _settings is None or _loguru is None:
+        return
+    _loguru.remove()
+    _loguru.add(sys.stderr, **_settings)
 
 
 def setup(verbose: bool = False) -> None:
-    logger.remove()
+    global _settings
     if os.environ.get("JOURNAL_STREAM"):
         fmt = "{level}: {message}"
     else:
         fmt = "<green>{time:YYYY-MM-DD HH:mm:ss}</green> {level: <7} {message}"
-    logger.add(sys.stderr, level="DEBUG" if verbose else "INFO", format=fmt,
-               colorize=None if sys.stderr.isatty() else False, backtrace=False, diagnose=False)
+    _settings = dict(level="DEBUG" if verbose else "INFO", format=fmt,
+                     colorize=None if sys.stderr.isatty() else False, backtrace=False, diagnose=False)
+    _apply()
+
+
+def preload() -> None:
+    """Import loguru now, while waiting on something else: the primary does
+    this while the standby starts, since the cycle's result is logged anyway."""
+    _load()
+
+
+class _Logger:
+    def __getattr__(self, name: str):
+        return getattr(_load(), name)
+
+
+logger = _Logger()

@@ -18,7 +18,7 @@ import shlex
 import signal
 import subprocess
 
-from loguru import logger
+from pvezfsha.log import logger
 
 from pvezfsha.cluster import Cluster
 from pvezfsha.config import Config, Container

@@ -21,7 +21,7 @@ import threading
 import time
 from contextlib import ExitStack, contextmanager
 
-from loguru import logger
+from pvezfsha.log import logger
 
 from pvezfsha import __version__, divergence, zfs, zfscli
 from pvezfsha import replica

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from loguru import logger
+from pvezfsha.log import logger
 
 from pvezfsha import zfs, zfscli
 from pvezfsha.errors import ZfsError

@@ -23,9 +23,9 @@ import time
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field, replace
 
-from loguru import logger
+from pvezfsha.log import logger
 
-from pvezfsha import replica, zfs
+from pvezfsha import log, replica, zfs
 from pvezfsha.cluster import Cluster
 from pvezfsha.config import Config, Container
 from pvezfsha.engine import Outcome, Replicator, send_flags
@@ -139,6 +139,15 @@ def replicate(ctx: SyncContext, ct: Container, peers: list[str], *, epoch: int,
                 quiet.add(name)
 
         changed = [n for n, _ in datasets if snapshot and n not in quiet and needs_snapshot(cycle.states[n], prefix)]
+        # Connect now to the standbys this cycle will send to: the ssh
+        # handshake and the peer's start then overlap the snapshot.
+        sessions: dict[str, Session] = {}
+        for peer in peers:
+            if changed or ctx.dry_run or any(not in_sync(cycle.states[n], prefix, peer) for n, _ in datasets):
+                try:
+                    sessions[peer] = locks.enter_context(open_session(ctx, ct, peer, wait=False))
+                except PvezfshaError:
+                    pass    # sync_peer tries again and reports it
         if changed:
             now = dt.datetime.now(dt.timezone.utc)
             if ctx.dry_run:
@@ -150,7 +159,8 @@ def replicate(ctx: SyncContext, ct: Container, peers: list[str], *, epoch: int,
                     cycle.states[n] = cycle.states[n].plus(Version(name, guid, 0, int(now.timestamp())))
 
         for peer in peers:
-            rc, outs = sync_peer(ctx, ct, peer, datasets, cycle.states, epoch)
+            session = sessions.pop(peer, None)
+            rc, outs = sync_peer(ctx, ct, peer, datasets, cycle.states, epoch, session=session)
             cycle.rc |= rc
             cycle.outcomes[peer] = outs
             if rc == 0:
@@ -224,25 +234,43 @@ def load_state(name: str, peers: list[str], opts) -> tuple[DatasetState, bool]:
     return st, False
 
 
-def sync_peer(ctx: SyncContext, ct: Container, peer: str, datasets, states, epoch: int) -> tuple[int, list[Outcome]]:
+def in_sync(state: DatasetState, prefix: str, peer: str) -> bool:
+    """The cursor proves the standby has the newest snapshot."""
+    newest = newest_replication(state, prefix)
+    return newest is not None and cursor_guid(state, prefix, peer) == newest.guid
+
+
+def open_session(ctx: SyncContext, ct: Container, peer: str, *, wait: bool = True) -> Session:
+    opts = ct.options
+    address = ctx.cluster.address(peer, ctx.cfg.addresses)
+    argv = ssh_argv(address, user=ctx.cfg.ssh_user, port=ctx.cfg.ssh_port, connect_timeout=opts.ssh_connect_timeout)
+    return Session(argv, peer, stall_timeout=opts.stall_timeout, wait=wait)
+
+
+def sync_peer(ctx: SyncContext, ct: Container, peer: str, datasets, states, epoch: int,
+              session: Session | None = None) -> tuple[int, list[Outcome]]:
+    """Bring `peer` up to date, over `session` if one was opened ahead."""
     opts = ct.options
     prefix = opts.snapshot_prefix
     todo = []
     for name, remotes in datasets:
-        newest = newest_replication(states[name], prefix)
-        if newest is not None and cursor_guid(states[name], prefix, peer) == newest.guid and not ctx.dry_run:
-            # The cursor proves the standby has the newest snapshot.
-            logger.info(f"CT {ct.ctid}: {name} -> {peer}: nothing to do (has @{newest.name})")
+        if not ctx.dry_run and in_sync(states[name], prefix, peer):
+            logger.info(f"CT {ct.ctid}: {name} -> {peer}: nothing to do "
+                        f"(has @{newest_replication(states[name], prefix).name})")
             continue
         todo.append((name, remotes[peer]))
     if not todo:
+        if session is not None:
+            session.close()
         return 0, []
 
-    address = ctx.cluster.address(peer, ctx.cfg.addresses)
-    argv = ssh_argv(address, user=ctx.cfg.ssh_user, port=ctx.cfg.ssh_port, connect_timeout=opts.ssh_connect_timeout)
     try:
-        session = Session(argv, peer, stall_timeout=opts.stall_timeout)
+        if session is None:
+            session = open_session(ctx, ct, peer, wait=False)
+        log.preload()
+        session.ready()
     except PvezfshaError as e:
+        address = ctx.cluster.address(peer, ctx.cfg.addresses)
         logger.error(f"CT {ct.ctid}: cannot reach {peer} ({address}): {e}")
         return 1, []
     rc, outs = 0, []

@@ -90,7 +90,12 @@ class StreamResult:
 class Session:
     """One ssh connection to a peer's `pvezfsha receive`."""
 
-    def __init__(self, argv: list[str], peer: str, *, stall_timeout: float = 300, reply_timeout: float = 600):
+    def __init__(self, argv: list[str], peer: str, *, stall_timeout: float = 300, reply_timeout: float = 600,
+                 wait: bool = True):
+        """Start ssh and send `hello`. With `wait=False` the answer is read
+        on first use, so the ssh handshake and the peer's start (python and
+        pyzfs imports: seconds on a slow node) overlap the caller's own
+        work, such as taking the snapshot."""
         self.peer = peer
         self.stall_timeout = stall_timeout
         self.reply_timeout = reply_timeout
@@ -103,7 +108,26 @@ class Session:
         self._in = self.proc.stdin.fileno()
         self._out = self.proc.stdout.fileno()
         enlarge_pipe(self._in)
-        self.hello = self.request("hello", protocol=PROTOCOL)
+        self._hello: dict | None = None
+        self._failed: TransportError | None = None
+        try:
+            self._write("hello", {"op": "hello", "protocol": PROTOCOL})
+        except TransportError as e:   # reported on first use, like any other failure to come up
+            self._failed = e
+        if wait:
+            self.ready()
+
+    def ready(self) -> dict:
+        """The peer's answer to `hello`; raises if it never came up."""
+        if self._failed is not None:
+            raise self._failed
+        if self._hello is None:
+            self._hello = self._reply(max(30.0, self.stall_timeout))
+        return self._hello
+
+    @property
+    def hello(self) -> dict:
+        return self.ready()
 
     # -- plumbing --------------------------------------------------------------
 
@@ -134,22 +158,24 @@ class Session:
                               kind=reply.get("kind", ""), errno=reply.get("errno", 0))
         return reply
 
-    def request(self, op: str, **args) -> dict:
+    def _write(self, op: str, obj: dict) -> None:
         try:
-            write_json(self._in, {"op": op, **args})
+            write_json(self._in, obj)
         except OSError:
             raise self._dead(f"{op}: connection lost") from None
-        return self._reply(self.reply_timeout if op != "hello" else max(30.0, self.stall_timeout))
+
+    def request(self, op: str, **args) -> dict:
+        self.ready()
+        self._write(op, {"op": op, **args})
+        return self._reply(self.reply_timeout)
 
     # -- streams -----------------------------------------------------------------
 
     def send_stream(self, header: dict, produce: Callable[[int], None], *, rate_limit: int = 0,
                     progress: Callable[[int], None] | None = None) -> StreamResult:
         """Write `header`, then what `produce(fd)` writes to fd, then read the reply."""
-        try:
-            write_json(self._in, header)
-        except OSError:
-            raise self._dead("connection lost") from None
+        self.ready()
+        self._write("stream", header)
         r, w = os.pipe()
         enlarge_pipe(w)
         send_error: list[BaseException] = []

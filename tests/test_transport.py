@@ -60,6 +60,25 @@ def test_hello_is_exchanged_on_connect(peer):
         assert s.hello["node"] == "fake"
 
 
+def test_a_session_opened_without_waiting_returns_before_the_peer_is_up(peer):
+    slow = [sys.executable, "-c", "import time, runpy, sys; time.sleep(1.5); "
+            f"sys.argv = [{peer[1]!r}]; runpy.run_path({peer[1]!r})"]
+    t0 = time.monotonic()
+    s = Session(slow, "fake", wait=False)
+    assert time.monotonic() - t0 < 1.0
+    with s:
+        # The hello answer is read on first use, before the request's own.
+        assert s.send_stream({"op": "receive", "size": 10}, writer(10)).reply["got"] == 10
+        assert s.hello["node"] == "fake"
+    assert time.monotonic() - t0 >= 1.5
+
+
+def test_a_peer_that_fails_to_start_is_reported_on_first_use():
+    s = Session([sys.executable, "-c", "import sys; sys.exit(255)"], "ghost", wait=False)
+    with pytest.raises(TransportError, match="connection (closed|lost)"):
+        s.ready()
+
+
 def test_stream_bytes_are_counted_and_the_reply_returned(peer):
     with Session(peer, "fake") as s:
         res = s.send_stream({"op": "receive", "size": 5_000_000}, writer(5_000_000))
@@ -93,7 +112,7 @@ def test_sender_failure_ends_the_session_so_the_receiver_sees_eof(peer):
 
 
 def test_unreachable_peer_is_a_transport_error(tmp_path):
-    with pytest.raises(TransportError, match="connection closed"):
+    with pytest.raises(TransportError, match="connection (closed|lost)"):
         Session([sys.executable, "-c", "import sys; sys.exit(255)"], "ghost")
 
 
