@@ -63,7 +63,10 @@ class Report:
     notes: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
-        out = [f"pvezfsha: CT {self.ctid} takeover on {self.node}: {self.case.value}"
+        what = self.case.value
+        if self.case == Case.PLANNED and self.pulled_from != self.previous:
+            what = "failover without a final pull"   # the notes say why
+        out = [f"pvezfsha: CT {self.ctid} takeover on {self.node}: {what}"
                + (f" from {self.previous}" if self.previous and self.previous != self.node else "")]
         if self.pulled_from:
             out.append(f"  pulled from {self.pulled_from}: {self.pulled_snapshots} snapshot(s), "

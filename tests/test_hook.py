@@ -140,6 +140,9 @@ def test_planned_move_that_cannot_pull_falls_back_to_the_freshness_gate(tmp_path
     assert report.case == Case.PLANNED and report.pulled_from is None
     assert any("could not pull the final changes from pve1" in n for n in report.notes)
     assert report.age == 60 and local.promoted == 5
+    # The task log does not call it a planned move: data after the replica's age is not here.
+    assert "failover without a final pull from pve1" in report.lines()[0]
+    assert not any("data-loss window: none" in line for line in report.lines())
 
 
 def test_planned_move_that_cannot_pull_and_is_stale_is_refused(tmp_path):
