@@ -21,10 +21,9 @@ from __future__ import annotations
 
 import datetime as dt
 
-from pvezfsha.log import logger
-
 from pvezfsha import zfs, zfscli
 from pvezfsha.errors import ZfsError
+from pvezfsha.log import logger
 from pvezfsha.versions import DatasetState, diverged_name
 
 KEPT_PROP = "pvezfsha:diverged"   # on the kept dataset: base and time, for `status`

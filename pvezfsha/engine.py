@@ -17,11 +17,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from pvezfsha.log import logger
-
 from pvezfsha import zfs
 from pvezfsha.config import Options
 from pvezfsha.errors import ZfsError
+from pvezfsha.log import logger
 from pvezfsha.planner import Conflict, Plan, Step, plan_prune, plan_replication
 from pvezfsha.transport import Session
 from pvezfsha.versions import HOLD_LAST, DatasetState, Version, cursor_name, cursor_node, step_hold

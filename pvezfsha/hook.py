@@ -28,13 +28,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from pvezfsha.log import logger
-
 from pvezfsha import replica, state, zfs
 from pvezfsha.cluster import Cluster
 from pvezfsha.config import Config, Container
 from pvezfsha.engine import human_bytes
 from pvezfsha.errors import PvezfshaError
+from pvezfsha.log import logger
 from pvezfsha.peers import Peers, try_holdings
 from pvezfsha.record import Record, RecordError, RecordStore
 from pvezfsha.role import role_of

@@ -18,11 +18,10 @@ import shlex
 import signal
 import subprocess
 
-from pvezfsha.log import logger
-
 from pvezfsha.cluster import Cluster
 from pvezfsha.config import Config, Container
 from pvezfsha.errors import PvezfshaError, TransportError
+from pvezfsha.log import logger
 from pvezfsha.takeover import Holding
 from pvezfsha.transport import Session, ssh_argv
 from pvezfsha.versions import DatasetState

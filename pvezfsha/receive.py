@@ -21,15 +21,13 @@ import threading
 import time
 from contextlib import ExitStack, contextmanager
 
-from pvezfsha.log import logger
-
-from pvezfsha import __version__, divergence, zfs, zfscli
-from pvezfsha import replica
-from pvezfsha.record import RecordStore
-from pvezfsha.replica import INERT
+from pvezfsha import __version__, divergence, replica, zfs, zfscli
 from pvezfsha.cluster import Cluster
 from pvezfsha.config import check_dataset_name
 from pvezfsha.errors import PvezfshaError, ZfsError
+from pvezfsha.log import logger
+from pvezfsha.record import RecordStore
+from pvezfsha.replica import INERT
 from pvezfsha.state import Locked, dataset_lock
 from pvezfsha.transport import PROTOCOL, read_line, write_json
 from pvezfsha.versions import HOLD_LAST

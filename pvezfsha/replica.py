@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import os
 
-from pvezfsha.log import logger
-
 from pvezfsha import zfs, zfscli
 from pvezfsha.errors import ZfsError
+from pvezfsha.log import logger
 from pvezfsha.versions import HOLD_LAST, DatasetState
 
 EPOCH_PROP = "pvezfsha:epoch"

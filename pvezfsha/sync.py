@@ -23,13 +23,12 @@ import time
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field, replace
 
-from pvezfsha.log import logger
-
 from pvezfsha import log, replica, zfs
 from pvezfsha.cluster import Cluster
 from pvezfsha.config import Config, Container
 from pvezfsha.engine import Outcome, Replicator, send_flags
 from pvezfsha.errors import PvezfshaError, UsageError
+from pvezfsha.log import logger
 from pvezfsha.planner import Conflict, plan_prune
 from pvezfsha.record import Record, RecordError, RecordStore, Replica
 from pvezfsha.role import role_of
