@@ -236,8 +236,8 @@ class Takeover:
             with self.store.locked(self.ct.ctid):
                 current = self.store.read(self.ct.ctid)
                 if (current.epoch if current else 0) != (seen.epoch if seen else 0):
-                    raise Refused(f"CT {self.ct.ctid}: another takeover happened meanwhile "
-                                  f"(primary {current.primary}, epoch {current.epoch}); refusing")
+                    now = "record removed" if current is None else f"primary {current.primary}, epoch {current.epoch}"
+                    raise Refused(f"CT {self.ct.ctid}: another takeover happened meanwhile ({now}); refusing")
                 rec = current or Record(self.ct.ctid)
                 rec.primary, rec.epoch = self.node, rec.epoch + 1
                 rec.changed, rec.changed_by = time.time(), self.node
@@ -263,7 +263,7 @@ def journal(message: str) -> None:
 def pre_start(cfg: Config, ct: Container, cluster: Cluster, force: bool = False) -> int:
     try:
         rep = Takeover(cfg, ct, cluster, force=force).run()
-    except Refused as e:
+    except PvezfshaError as e:   # Refused, or a ZFS error on the way: the start is refused either way
         logger.error(str(e))
         journal(f"REFUSED: {e}")
         return 1

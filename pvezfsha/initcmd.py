@@ -33,12 +33,6 @@ from pvezfsha.config import DatasetMap
 from pvezfsha.errors import ConfigError, PvezfshaError, UsageError
 from pvezfsha.probe import NodeFacts, Runner, probe_all, run_subprocess
 
-NEW_FILE_HEADER = """\
-# /etc/pvezfsha/pvezfsha.toml: written by `pvezfsha init`.
-# Every key is described in pvezfsha(8).
-"""
-
-
 @dataclass
 class Mapping:
     mp: pctconf.MountPoint

@@ -30,7 +30,7 @@ ZFS limitations worked around here:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from pvezfsha.versions import DatasetState, Version, is_replication_snapshot
 
@@ -100,12 +100,6 @@ class Conflict:
         if self.modified:
             parts.append(f"{self.modified} bytes written on the target since @{self.base.name}")
         return f"target diverged after common @{self.base.name}: " + "; ".join(parts)
-
-
-@dataclass(frozen=True)
-class PruneSet:
-    destroy: tuple[Version, ...] = ()
-    kept_protected: tuple[Version, ...] = field(default=())
 
 
 def token_fits(state_src: DatasetState, target: DatasetState, flags: tuple[str, ...]) -> bool:

@@ -59,9 +59,20 @@ def stop_receive(dataset: str, timeout: float = 15.0) -> int | None:
     """
     path = _lock_path(dataset)
     try:
-        words = path.read_text().split()
+        fd = os.open(path, os.O_RDWR)
     except OSError:
         return None
+    try:
+        # The file keeps its last holder's text after that run ends, and the
+        # pid may since belong to another process: only a held lock counts.
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return None
+        except BlockingIOError:
+            pass
+        words = os.pread(fd, 200, 0).decode(errors="replace").split()
+    finally:
+        os.close(fd)
     if len(words) < 3 or words[0] != "receive" or not words[2].isdigit():
         return None
     pid = int(words[2])

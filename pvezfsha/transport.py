@@ -31,6 +31,7 @@ from pvezfsha.errors import TransportError, ZfsError
 
 PROTOCOL = 1
 CHUNK = 1 << 20
+REPLY_LIMIT = 256 << 20   # a state reply grows with the snapshot count
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
 
@@ -104,9 +105,11 @@ class Session:
             self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                          stderr=self._err, bufsize=0, start_new_session=True)
         except OSError as e:
+            self._err.close()
             raise TransportError(f"{peer}: cannot start {argv[0]}: {e}") from None
         self._in = self.proc.stdin.fileno()
         self._out = self.proc.stdout.fileno()
+        self._buf = bytearray()
         enlarge_pipe(self._in)
         self._hello: dict | None = None
         self._failed: TransportError | None = None
@@ -132,6 +135,8 @@ class Session:
     # -- plumbing --------------------------------------------------------------
 
     def stderr_text(self) -> str:
+        if self._err.closed:
+            return ""
         self._err.seek(0)
         return self._err.read().decode(errors="replace").strip()
 
@@ -142,13 +147,23 @@ class Session:
         return TransportError(f"{self.peer}: {what}: {detail}")
 
     def _reply(self, timeout: float) -> dict:
-        ready, _, _ = select.select([self._out], [], [], timeout)
-        if not ready:
-            raise self._dead(f"no answer within {timeout:.0f} s")
-        line = read_line(self._out)
-        if line is None:
-            self.proc.wait()
-            raise self._dead("connection closed")
+        # Replies are JSON lines and nothing else (streams only go the other
+        # way), so they are read in blocks: a state reply listing many
+        # snapshots would otherwise cost a syscall per byte.
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buf:
+            ready, _, _ = select.select([self._out], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                raise self._dead(f"no answer within {timeout:.0f} s")
+            chunk = os.read(self._out, 1 << 16)
+            if not chunk:
+                self.proc.wait()
+                raise self._dead("connection closed")
+            self._buf += chunk
+            if len(self._buf) > REPLY_LIMIT:
+                raise self._dead(f"reply longer than {REPLY_LIMIT} bytes")
+        line, _, rest = bytes(self._buf).partition(b"\n")
+        self._buf = bytearray(rest)
         try:
             reply = json.loads(line)
         except ValueError:
@@ -257,6 +272,8 @@ class Session:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.kill()
+        self.proc.stdout.close()
+        self._err.close()
 
     def kill(self) -> None:
         if self.proc.poll() is None:

@@ -295,11 +295,6 @@ def send_resume(snap: str, from_: str | None, fd: int, token: ResumeToken) -> No
           list(token.flags), resumeobj=token.obj, resumeoff=token.offset)
 
 
-def send_space(snap: str, from_: str | None, flags: tuple[str, ...]) -> int:
-    try:
-        return _call("estimate", lzc.lzc_send_space, _b(snap), _b(from_) if from_ else None, list(flags))
-    except ZfsError:
-        return 0
 
 
 def receive(snap: str, fd: int, *, force: bool = False, raw: bool = False) -> None:

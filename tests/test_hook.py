@@ -252,6 +252,31 @@ def test_another_takeover_in_between_is_refused(tmp_path):
     assert local.promoted is None and store.read(103).primary == "pve3"
 
 
+def test_a_record_removed_in_between_is_refused_with_a_message(tmp_path):
+    t, local, _, store = setup(tmp_path, record=rec(), local_snaps=[snap(1, NOW - 10)], online=("pve2",))
+    real_age = t._age
+
+    def meanwhile(*a):
+        store.path(103).unlink()
+        return real_age(*a)
+    t._age = meanwhile
+    with pytest.raises(Refused, match=r"another takeover happened meanwhile \(record removed\)"):
+        t.run()
+    assert local.promoted is None
+
+
+def test_a_zfs_error_during_pre_start_refuses_the_start_and_reaches_the_journal(tmp_path, monkeypatch, capsys):
+    from pvezfsha.errors import ZfsError
+
+    def broken(self):
+        raise ZfsError("tank/media: I/O error")
+    t, _, _, _ = setup(tmp_path, record=rec())
+    monkeypatch.setattr(hook.Takeover, "run", broken)
+    monkeypatch.setattr(hook, "journal", lambda msg: print("JOURNAL", msg))
+    assert hook.pre_start(t.cfg, t.ct, t.cluster) == 1
+    assert "JOURNAL REFUSED: tank/media: I/O error" in capsys.readouterr().out
+
+
 def test_first_start_on_the_node_with_the_original_datasets_creates_the_record(tmp_path):
     t, local, _, store = setup(tmp_path, local_snaps=[])
     local.readonly = False

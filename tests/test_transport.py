@@ -34,6 +34,11 @@ PEER = textwrap.dedent("""
                     sys.exit(3)
                 left -= len(chunk); total += len(chunk)
             write_json(1, {{"ok": True, "got": total}})
+        elif req["op"] == "big":
+            # A long reply, written in pieces, as a state listing of many snapshots is.
+            data = (json.dumps({{"ok": True, "items": ["x" * 100] * req["n"]}}) + "\\n").encode()
+            for i in range(0, len(data), 4096):
+                os.write(1, data[i:i + 4096])
         elif req["op"] == "hang":
             import time; time.sleep(60)
 """)
@@ -85,6 +90,12 @@ def test_stream_bytes_are_counted_and_the_reply_returned(peer):
         assert res.bytes == 5_000_000 and res.reply["got"] == 5_000_000
         # The session carries on: several streams on one connection.
         assert s.send_stream({"op": "receive", "size": 10}, writer(10)).reply["got"] == 10
+
+
+def test_a_long_reply_in_pieces_is_read_whole_and_the_session_carries_on(peer):
+    with Session(peer, "fake") as s:
+        assert len(s.request("big", n=20_000)["items"]) == 20_000    # about 2 MiB
+        assert len(s.request("big", n=1)["items"]) == 1
 
 
 def test_bandwidth_limit_is_applied(peer):
