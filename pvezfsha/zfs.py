@@ -295,8 +295,6 @@ def send_resume(snap: str, from_: str | None, fd: int, token: ResumeToken) -> No
           list(token.flags), resumeobj=token.obj, resumeoff=token.offset)
 
 
-
-
 def receive(snap: str, fd: int, *, force: bool = False, raw: bool = False) -> None:
     """Always resumable: a cut stream leaves a token instead of nothing."""
     _call(f"receive {snap}", lzc.lzc_receive_resumable, _b(snap), fd, force=force, raw=raw)
