@@ -83,7 +83,7 @@ def demote(dataset: str, why: str = "") -> bool:
     return changed
 
 
-def epoch_of(state: DatasetState) -> int:
+def epoch_of(state: DatasetState | zfs.Quick) -> int:
     try:
         return int(state.props.get(EPOCH_PROP, "0"))
     except ValueError:

@@ -170,7 +170,10 @@ if not zfs.exists(ds) then return {exists = false} end
 local out = {exists = true, written = zfs.get_prop(ds, "written"),
              changed = zfs.get_prop(ds, "snapshots_changed"),
              readonly = zfs.get_prop(ds, "readonly"), canmount = zfs.get_prop(ds, "canmount"),
-             token = zfs.get_prop(ds, "receive_resume_token"), guids = {}}
+             token = zfs.get_prop(ds, "receive_resume_token"), guids = {}, props = {}}
+for name, value in zfs.list.user_properties(ds) do
+  if string.sub(name, 1, 9) == "pvezfsha:" then out.props[name] = value end
+end
 for i = 2, #args["argv"] do
   local snap = ds .. "@" .. args["argv"][i]
   if zfs.exists(snap) then out.guids[args["argv"][i]] = zfs.get_prop(snap, "guid") end
@@ -191,6 +194,8 @@ class Quick:
     canmount: str = "on"
     resumable: bool = False
     guids: dict[str, int] = field(default_factory=dict)
+    props: dict[str, str] = field(default_factory=dict)     # pvezfsha's own user properties
+    mounted: bool = False
 
 
 def quick_state(dataset: str, snapshots: list[str] = ()) -> Quick:
@@ -211,7 +216,9 @@ def quick_state(dataset: str, snapshots: list[str] = ()) -> Quick:
     return Quick(True, int(res.get(b"written") or 0), int(changed) if changed else None,
                  _flag(res.get(b"readonly")), _s(res.get(b"canmount") or "on"),
                  bool(token) and _s(token) not in ("-", ""),
-                 {_s(k): v & _U64 for k, v in (res.get(b"guids") or {}).items()})
+                 {_s(k): v & _U64 for k, v in (res.get(b"guids") or {}).items()},
+                 {_s(k): _s(v) for k, v in (res.get(b"props") or {}).items()},
+                 mountpoint(dataset) is not None)
 
 
 _CHILDREN_PROGRAM = b"""

@@ -20,6 +20,8 @@ def server(tmp_path, monkeypatch):
     demoted = []
     state = {"st": DatasetState("tank/media", True, readonly=True)}
     monkeypatch.setattr(receive.zfs, "read_state", lambda ds: state["st"])
+    # Fencing reads the few properties it needs (a DatasetState has the same fields).
+    monkeypatch.setattr(receive.zfs, "quick_state", lambda ds, snaps=(): state["st"])
     monkeypatch.setattr(receive.replica, "demote", lambda ds, why="": demoted.append((ds, why)))
     s = receive.Server(os.open(os.devnull, os.O_RDONLY), os.open(os.devnull, os.O_WRONLY))
     s.demoted, s.state = demoted, state
