@@ -24,6 +24,7 @@ import datetime as dt
 from pvezfsha import zfs, zfscli
 from pvezfsha.errors import ZfsError
 from pvezfsha.log import logger
+from pvezfsha.replica import INERT
 from pvezfsha.versions import DatasetState, diverged_name
 
 KEPT_PROP = "pvezfsha:diverged"   # on the kept dataset: base and time, for `status`
@@ -84,8 +85,8 @@ def _swap(dataset: str, tmp: str, st: DatasetState, prefix: str, node: str,
     zfscli.rename(dataset, kept)
     zfscli.rename(tmp, dataset)
     # The kept state must never mount itself over anything, nor change.
-    zfscli.set_props(kept, {"readonly": "on", "canmount": "noauto"})
-    zfscli.set_props(dataset, {"readonly": "on", "canmount": "noauto"})
+    zfscli.set_props(kept, INERT)
+    zfscli.set_props(dataset, INERT)
     zfs.set_user_props(kept, {KEPT_PROP: f"base=@{base_name} guid={base_guid:x} "
                                           f"time={now:%Y-%m-%dT%H:%M:%SZ} node={node}"})
     logger.warning(f"{dataset}: diverged after @{base_name}; its own state is kept as {kept} "

@@ -125,7 +125,7 @@ class Takeover:
         self.now = now
 
     def _holdings(self, states) -> dict[str, Holding]:
-        return {name: Holding(tuple(v.guid for v in st.snapshots)) for name, st in states.items()}
+        return {name: Holding.of(st) for name, st in states.items()}
 
     def run(self) -> Report:
         t0 = time.monotonic()

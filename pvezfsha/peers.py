@@ -72,7 +72,7 @@ class Peers:
             out = {}
             for ds in ct.datasets:
                 st = DatasetState.from_dict(s.request("state", dataset=ds.on(node))["state"])
-                out[ds.name] = Holding(tuple(v.guid for v in st.snapshots)) if st.exists else Holding(())
+                out[ds.name] = Holding.of(st)
             return out
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from pvezfsha.record import Record
+from pvezfsha.versions import DatasetState
 
 
 class Case(str, Enum):
@@ -55,6 +56,10 @@ class Holding:
     """The snapshot guids a node holds of one dataset, oldest first."""
 
     guids: tuple[int, ...]
+
+    @classmethod
+    def of(cls, state: DatasetState) -> "Holding":
+        return cls(tuple(v.guid for v in state.snapshots))   # none when the dataset does not exist
 
     @property
     def newest(self) -> int | None:
