@@ -88,7 +88,7 @@ def pve(tmp_path, node="pve2", online=("pve1", "pve2", "pve3"), quorate=True, ow
     return Cluster(tmp_path), RecordStore(tmp_path)
 
 
-def setup(tmp_path, *, record=None, policy="refuse", nodes=2, local_snaps=(), peers_kw=None, force=False, **kw):
+def arrange(tmp_path, *, record=None, policy="refuse", nodes=2, local_snaps=(), peers_kw=None, force=False, **kw):
     cluster, store = pve(tmp_path, nodes=nodes, **kw)
     if record:
         store.write(record)
@@ -108,14 +108,14 @@ def rec(primary="pve1", epoch=4, confirmed=None):
 
 
 def test_restart_in_place_only_checks_the_datasets(tmp_path):
-    t, local, peers, store = setup(tmp_path, record=rec(primary="pve2"))
+    t, local, peers, store = arrange(tmp_path, record=rec(primary="pve2"))
     report = t.run()
     assert report.case == Case.RESTART and local.promoted is None and peers.calls == []
     assert store.read(103).epoch == 4
 
 
 def test_restart_in_place_remounts_a_dataset_that_is_not_mounted(tmp_path):
-    t, local, _, _ = setup(tmp_path, record=rec(primary="pve2"))
+    t, local, _, _ = arrange(tmp_path, record=rec(primary="pve2"))
     local.problem_list = ["tank/media is not mounted"]
     t.run()
     assert local.promoted == 4
@@ -123,7 +123,7 @@ def test_restart_in_place_remounts_a_dataset_that_is_not_mounted(tmp_path):
 
 def test_planned_move_pulls_the_final_snapshot_and_loses_nothing(tmp_path):
     old = snap(1, NOW - 86400)           # old, but the pull makes it current
-    t, local, peers, store = setup(tmp_path, record=rec(), local_snaps=[old],
+    t, local, peers, store = arrange(tmp_path, record=rec(), local_snaps=[old],
                                    peers_kw={"gives": {"pve1": [snap(2, NOW - 1)]}})
     report = t.run()
     assert peers.calls == [("pve1", True)]
@@ -134,7 +134,7 @@ def test_planned_move_pulls_the_final_snapshot_and_loses_nothing(tmp_path):
 
 
 def test_planned_move_that_cannot_pull_falls_back_to_the_freshness_gate(tmp_path):
-    t, local, peers, store = setup(tmp_path, record=rec(), local_snaps=[snap(1, NOW - 60)],
+    t, local, peers, store = arrange(tmp_path, record=rec(), local_snaps=[snap(1, NOW - 60)],
                                    peers_kw={"fails": {"pve1"}})
     report = t.run()
     assert report.case == Case.PLANNED and report.pulled_from is None
@@ -146,7 +146,7 @@ def test_planned_move_that_cannot_pull_falls_back_to_the_freshness_gate(tmp_path
 
 
 def test_planned_move_that_cannot_pull_and_is_stale_is_refused(tmp_path):
-    t, local, _, store = setup(tmp_path, record=rec(), local_snaps=[snap(1, NOW - 7200)],
+    t, local, _, store = arrange(tmp_path, record=rec(), local_snaps=[snap(1, NOW - 7200)],
                                peers_kw={"fails": {"pve1"}})
     with pytest.raises(Refused, match="refusing"):
         t.run()
@@ -154,7 +154,7 @@ def test_planned_move_that_cannot_pull_and_is_stale_is_refused(tmp_path):
 
 
 def test_crash_with_a_fresh_replica_is_accepted_and_reports_the_loss_window(tmp_path):
-    t, local, peers, store = setup(tmp_path, record=rec(), local_snaps=[snap(1, NOW - 300)], online=("pve2",))
+    t, local, peers, store = arrange(tmp_path, record=rec(), local_snaps=[snap(1, NOW - 300)], online=("pve2",))
     report = t.run()
     assert report.case == Case.CRASH and peers.calls == []
     assert report.age == 300
@@ -165,32 +165,32 @@ def test_crash_with_a_fresh_replica_is_accepted_and_reports_the_loss_window(tmp_
 def test_crash_age_counts_from_the_primarys_last_confirmation(tmp_path):
     # Nothing changed for hours, but the primary confirmed we held it all.
     s = snap(1, NOW - 5 * 3600)
-    t, local, _, _ = setup(tmp_path, record=rec(confirmed=(s.guid, NOW - 120)), local_snaps=[s], online=("pve2",))
+    t, local, _, _ = arrange(tmp_path, record=rec(confirmed=(s.guid, NOW - 120)), local_snaps=[s], online=("pve2",))
     assert t.run().age == 120
 
 
 def test_crash_with_a_stale_replica_is_refused_under_refuse(tmp_path):
-    t, local, _, store = setup(tmp_path, record=rec(), local_snaps=[snap(1, NOW - 7200)], online=("pve2",))
+    t, local, _, store = arrange(tmp_path, record=rec(), local_snaps=[snap(1, NOW - 7200)], online=("pve2",))
     with pytest.raises(Refused, match="on_stale = refuse"):
         t.run()
     assert local.promoted is None and store.read(103).epoch == 4
 
 
 def test_crash_with_a_stale_replica_starts_with_a_warning_under_warn(tmp_path):
-    t, local, _, store = setup(tmp_path, record=rec(), local_snaps=[snap(1, NOW - 7200)], online=("pve2",),
+    t, local, _, store = arrange(tmp_path, record=rec(), local_snaps=[snap(1, NOW - 7200)], online=("pve2",),
                                policy="warn")
     report = t.run()
     assert any("on_stale = warn" in n for n in report.notes) and local.promoted == 5
 
 
 def test_stale_replica_with_force_is_accepted(tmp_path):
-    t, local, _, _ = setup(tmp_path, record=rec(), local_snaps=[snap(1, NOW - 7200)], online=("pve2",), force=True)
+    t, local, _, _ = arrange(tmp_path, record=rec(), local_snaps=[snap(1, NOW - 7200)], online=("pve2",), force=True)
     assert "--force" in " ".join(t.run().notes) and local.promoted == 5
 
 
 def test_three_nodes_catch_up_from_the_freshest_survivor_first(tmp_path):
     s1, s2 = snap(1, NOW - 7200), snap(2, NOW - 100)
-    t, local, peers, _ = setup(tmp_path, nodes=3, record=rec(), local_snaps=[s1], online=("pve2", "pve3"),
+    t, local, peers, _ = arrange(tmp_path, nodes=3, record=rec(), local_snaps=[s1], online=("pve2", "pve3"),
                                peers_kw={"held": {"pve3": [s1, s2]}, "gives": {"pve3": [s2]}})
     report = t.run()
     assert peers.calls == [("pve3", False)]
@@ -199,7 +199,7 @@ def test_three_nodes_catch_up_from_the_freshest_survivor_first(tmp_path):
 
 def test_three_nodes_the_freshest_node_itself_pulls_nothing(tmp_path):
     s1, s2 = snap(1, NOW - 7200), snap(2, NOW - 100)
-    t, local, peers, _ = setup(tmp_path, nodes=3, record=rec(), local_snaps=[s1, s2], online=("pve2", "pve3"),
+    t, local, peers, _ = arrange(tmp_path, nodes=3, record=rec(), local_snaps=[s1, s2], online=("pve2", "pve3"),
                                peers_kw={"held": {"pve3": [s1]}})
     t.run()
     assert peers.calls == []
@@ -212,7 +212,7 @@ def test_stale_verdict_is_the_same_on_every_node_after_catching_up(tmp_path):
     for node, mine, other in (("pve2", [s1], [s1, s2]), ("pve3", [s1, s2], [s1])):
         d = tmp_path / node
         d.mkdir()
-        t, *_ = setup(d, nodes=3, node=node, owner=node, record=rec(), local_snaps=mine, online=("pve2", "pve3"),
+        t, *_ = arrange(d, nodes=3, node=node, owner=node, record=rec(), local_snaps=mine, online=("pve2", "pve3"),
                       peers_kw={"held": {"pve3" if node == "pve2" else "pve2": other},
                                 "gives": {"pve3": [s2]}})
         with pytest.raises(Refused) as e:
@@ -222,14 +222,14 @@ def test_stale_verdict_is_the_same_on_every_node_after_catching_up(tmp_path):
 
 
 def test_no_quorum_is_refused_and_nothing_is_written(tmp_path):
-    t, local, peers, store = setup(tmp_path, record=rec(), local_snaps=[snap(1, NOW)], quorate=False)
+    t, local, peers, store = arrange(tmp_path, record=rec(), local_snaps=[snap(1, NOW)], quorate=False)
     with pytest.raises(Refused, match="not quorate"):
         t.run()
     assert local.promoted is None and peers.calls == [] and store.read(103).epoch == 4
 
 
 def test_a_record_write_that_fails_refuses_before_anything_is_made_writable(tmp_path, monkeypatch):
-    t, local, _, store = setup(tmp_path, record=rec(), local_snaps=[snap(1, NOW - 10)], online=("pve2",))
+    t, local, _, store = arrange(tmp_path, record=rec(), local_snaps=[snap(1, NOW - 10)], online=("pve2",))
 
     def eacces(*a):
         raise PermissionError(13, "Permission denied")
@@ -240,7 +240,7 @@ def test_a_record_write_that_fails_refuses_before_anything_is_made_writable(tmp_
 
 
 def test_another_takeover_in_between_is_refused(tmp_path):
-    t, local, _, store = setup(tmp_path, record=rec(), local_snaps=[snap(1, NOW - 10)], online=("pve2",))
+    t, local, _, store = arrange(tmp_path, record=rec(), local_snaps=[snap(1, NOW - 10)], online=("pve2",))
     real_age = t._age
 
     def meanwhile(*a):
@@ -253,7 +253,7 @@ def test_another_takeover_in_between_is_refused(tmp_path):
 
 
 def test_a_record_removed_in_between_is_refused_with_a_message(tmp_path):
-    t, local, _, store = setup(tmp_path, record=rec(), local_snaps=[snap(1, NOW - 10)], online=("pve2",))
+    t, local, _, store = arrange(tmp_path, record=rec(), local_snaps=[snap(1, NOW - 10)], online=("pve2",))
     real_age = t._age
 
     def meanwhile(*a):
@@ -270,7 +270,7 @@ def test_a_zfs_error_during_pre_start_refuses_the_start_and_reaches_the_journal(
 
     def broken(self):
         raise ZfsError("tank/media: I/O error")
-    t, _, _, _ = setup(tmp_path, record=rec())
+    t, _, _, _ = arrange(tmp_path, record=rec())
     monkeypatch.setattr(hook.Takeover, "run", broken)
     monkeypatch.setattr(hook, "journal", lambda msg: print("JOURNAL", msg))
     assert hook.pre_start(t.cfg, t.ct, t.cluster) == 1
@@ -278,14 +278,14 @@ def test_a_zfs_error_during_pre_start_refuses_the_start_and_reaches_the_journal(
 
 
 def test_first_start_on_the_node_with_the_original_datasets_creates_the_record(tmp_path):
-    t, local, _, store = setup(tmp_path, local_snaps=[])
+    t, local, _, store = arrange(tmp_path, local_snaps=[])
     local.readonly = False
     report = t.run()
     assert report.case == Case.FIRST and store.read(103).epoch == 1 and local.promoted == 1
 
 
 def test_first_start_on_an_empty_replica_is_refused(tmp_path):
-    t, local, _, store = setup(tmp_path, local_snaps=[], online=("pve2",))
+    t, local, _, store = arrange(tmp_path, local_snaps=[], online=("pve2",))
     with pytest.raises(Refused, match="no replicated snapshot"):
         t.run()
     assert store.read(103) is None
@@ -312,7 +312,7 @@ def test_unreadable_config_refuses_the_start_but_not_the_other_phases():
 
 
 def test_a_receive_left_hanging_by_a_dead_sender_is_stopped_and_reported(tmp_path):
-    t, local, _, _ = setup(tmp_path, record=rec(), local_snaps=[snap(1, NOW - 10)], online=("pve2",))
+    t, local, _, _ = arrange(tmp_path, record=rec(), local_snaps=[snap(1, NOW - 10)], online=("pve2",))
     local.hung = ["stopped a receive into tank/media whose sender is gone (pid 4242)"]
     report = t.run()
     assert any("pid 4242" in line for line in report.lines()) and local.promoted == 5
