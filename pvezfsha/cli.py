@@ -92,7 +92,41 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+# The commands that go through libzfs_core on this node (doctor reports it as a check).
+_ZFS_COMMANDS = {"sync", "status", "receive", "promote", "demote", "diverged", "transfer"}
+
+
+def _require(args: argparse.Namespace) -> None:
+    """Raise MissingModule for a dependency this command needs and cannot import.
+
+    loguru is only looked up, not imported (the import is slow and lazy, see
+    pvezfsha.log); libzfs_core is imported by pvezfsha.zfs anyway.
+    """
+    import importlib.util
+
+    from pvezfsha.errors import MissingModule
+    try:
+        found = importlib.util.find_spec("loguru") is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        raise MissingModule("loguru", "python3-loguru")
+    if args.command in _ZFS_COMMANDS:
+        from pvezfsha import zfs
+        if zfs.lzc is None:
+            raise MissingModule("libzfs_core", "python3-pyzfs")
+
+
 def main(argv: list[str] | None = None) -> int:
+    from pvezfsha.errors import MissingModule
+    try:
+        return _main(argv)
+    except MissingModule as e:   # one line, no traceback: the logger may be what is missing
+        print(f"pvezfsha: {e}", file=sys.stderr)
+        return 1
+
+
+def _main(argv: list[str] | None) -> int:
     args = parser().parse_args(argv)
     if not args.command:
         parser().print_usage(sys.stderr)
@@ -100,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
 
+    _require(args)
     from pvezfsha import config, log
     from pvezfsha.errors import PvezfshaError
     from pvezfsha.log import logger

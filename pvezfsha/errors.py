@@ -32,3 +32,14 @@ class ZfsError(PvezfshaError):
 
 class TransportError(PvezfshaError):
     """The peer could not be reached or the session broke."""
+
+
+class MissingModule(Exception):
+    """A Python module pvezfsha needs is not installed (a source checkout on
+    a machine without the package's dependencies). Not a PvezfshaError: it is
+    printed as one plain line, since the logger may be the missing module."""
+
+    def __init__(self, module: str, package: str):
+        super().__init__(f"missing Python module {module}: install the Debian package {package}")
+        self.module = module
+        self.package = package

@@ -22,7 +22,11 @@ _loguru = None
 def _load():
     global _loguru
     if _loguru is None:
-        from loguru import logger
+        try:
+            from loguru import logger
+        except ImportError:
+            from pvezfsha.errors import MissingModule
+            raise MissingModule("loguru", "python3-loguru") from None
         _loguru = logger
         _apply()
     return _loguru

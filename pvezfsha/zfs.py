@@ -29,9 +29,11 @@ from pvezfsha.versions import DatasetState, ResumeToken, Version
 try:  # absent on a machine without ZFS; the error says so on first use
     import libzfs_core as lzc
     from libzfs_core import exceptions as lzc_exc
-except ImportError:  # pragma: no cover - depends on the host
+except (ImportError, OSError):  # pragma: no cover - depends on the host (OSError: cffi cannot load the .so)
     lzc = None
     lzc_exc = None
+
+MISSING = "missing Python module libzfs_core: install the Debian package python3-pyzfs"
 
 _U64 = (1 << 64) - 1
 
@@ -67,7 +69,7 @@ return {exists = true, snaps = snaps, bookmarks = bms, token = token,
 
 def _need_lzc():
     if lzc is None:
-        raise ZfsError("python3-pyzfs (libzfs_core) is not installed")
+        raise ZfsError(MISSING)
 
 
 def _b(s: str) -> bytes:
