@@ -3,17 +3,23 @@
 # The lab needs root: it builds a Debian trixie guest with OpenZFS 2.3 and
 # boots two of them under qemu (TCG). See README.md.
 
-PYTHON  ?= python3
+# The tests run with Debian's /usr/bin/python3 (pytest and loguru from
+# python3-pytest and python3-loguru, installed by `make deps`). Another
+# interpreter only when chosen on the command line: make PYTHON=~/venv/bin/python
+# (a PYTHON in the environment, or the python3 first on PATH, is not used).
+PYTHON  = /usr/bin/python3
+# The tiers `make test` runs: make test TIERS="fast pkg" leaves out the lab.
+TIERS   = fast pkg lab
 LAB     := $(PYTHON) tests/lab/lab.py
 OUT     := .test-out
 NODES   ?= 2
 VERSION := $(shell sed -n '1s/^[^(]*(\([^)]*\)).*/\1/p' packaging/debian/changelog)
 DEB     := build/pvezfsha_$(VERSION)_all.deb
 
-.PHONY: deps test test-fast test-lab test-failover test-pkg deb lab-deb demo bench lab-up lab-down lab-push clean
+.PHONY: deps test test-fresh test-fast test-lab test-failover test-pkg deb lab-deb demo bench lab-up lab-down lab-push clean
 
 deps:
-	tests/lab/host-deps.sh
+	tests/lab/host-deps.sh $(PYTHON) $(TIERS)
 
 test-fast: SHELL := /bin/bash
 test-fast:
@@ -59,17 +65,10 @@ test-failover:
 	@cd tests/lab && PVEZFSHA_LAB=1 PVEZFSHA_LAB_HOST=1 $(PYTHON) -m pytest -v -p no:cacheprovider test_failover.py \
 		2>&1 | tee ../../$(OUT)/failover.log; test $${PIPESTATUS[0]} -eq 0
 
-test: SHELL := /bin/bash
-test: deps
-	@rc=0; $(MAKE) --no-print-directory test-fast || rc=1; \
-	$(MAKE) --no-print-directory test-pkg || rc=1; \
-	$(MAKE) --no-print-directory test-lab || rc=1; \
-	echo; echo "== summary =="; \
-	echo "fast tier (this machine): $$(grep -E '^=*.* (passed|failed|error)' $(OUT)/fast.log | tail -1 | tr -d '\r=' | sed 's/^ *//')"; \
-	echo "package tier (bookworm, trixie roots): $$(grep -E '^pkg: [0-9]+ passed' $(OUT)/pkg.log | tail -1)"; \
-	echo "lab tier (real OpenZFS, in pve1):  $$(grep -E '^=*.* (passed|failed|error)' $(OUT)/lab.log | tail -1 | tr -d '\r=' | sed 's/^ *//')"; \
-	echo "lab failover tier (real OpenZFS, host-driven, power cuts): $$(grep -E '^=*.* (passed|failed|error)' $(OUT)/failover.log | tail -1 | tr -d '\r=' | sed 's/^ *//')"; \
-	exit $$rc
+# Clears $(OUT), runs `make deps` and each tier, then one summary line per
+# tier: pytest's own count, or `not run (<why>)` (tests/tiers.sh).
+test:
+	@OUT=$(OUT) MAKE='$(MAKE)' tests/tiers.sh $(TIERS)
 
 demo: lab-deb
 	@$(LAB) run pve1 python3 /opt/pvezfsha/tests/lab/demo.py

@@ -1,16 +1,48 @@
 #!/bin/sh
-# Host packages for the lab and the tests; installs only what is missing.
+# Host packages for the tests and the lab (make deps), from Debian's archive
+# only: nothing is ever pip-installed into the system Python. Installs only
+# what is missing.
+#
+#   tests/lab/host-deps.sh PYTHON [TIER...]    TIERs: fast pkg lab (default: all)
+#
+# The tests run with PYTHON, /usr/bin/python3 unless `make PYTHON=...` chose
+# another interpreter (pyenv, a venv). For /usr/bin/python3 pytest and loguru
+# come from python3-pytest and python3-loguru; another interpreter must
+# already have them, and is told so if it does not.
 set -e
+python=${1:-/usr/bin/python3}
+[ $# -gt 0 ] && shift
+tiers=${*:-fast pkg lab}
+export DEBIAN_FRONTEND=noninteractive
+
+has() { case " $tiers " in *" $1 "*) return 0 ;; esac; return 1; }
+installed() { dpkg-query -W -f='${Status}\n' "$1" 2>/dev/null | grep -q '^install ok installed'; }
+
 missing=""
-for pair in mmdebstrap:mmdebstrap qemu-system-x86_64:qemu-system-x86 qemu-img:qemu-utils mkfs.ext4:e2fsprogs \
-            zstd:zstd ssh:openssh-client; do
+if [ "$python" = /usr/bin/python3 ]; then
+  # The fast tier and the host-driven lab scripts import pytest and loguru
+  # (the rest is the standard library; proxmoxer and libzfs_core are faked).
+  for pkg in python3 python3-pytest python3-loguru; do
+    installed "$pkg" || missing="$missing $pkg"
+  done
+fi
+pairs=""
+if has pkg || has lab; then pairs="mmdebstrap:mmdebstrap"; fi
+if has lab; then
+  pairs="$pairs qemu-system-x86_64:qemu-system-x86 qemu-img:qemu-utils mkfs.ext4:e2fsprogs zstd:zstd ssh:openssh-client"
+fi
+for pair in $pairs; do
   cmd=${pair%%:*}; pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || missing="$missing $pkg"
 done
 if [ -n "$missing" ]; then
   [ "$(id -u)" = 0 ] || { echo "host-deps: need root to install:$missing" >&2; exit 1; }
+  echo "host-deps: installing$missing" >&2
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-    $missing ca-certificates debian-archive-keyring >/dev/null
+  apt-get install -y -qq --no-install-recommends $missing ca-certificates debian-archive-keyring >/dev/null
 fi
-python3 -c 'import pytest, loguru' 2>/dev/null || python3 -m pip install -q pytest loguru
+"$python" -c 'import pytest, loguru' 2>/dev/null || {
+  echo "host-deps: $python cannot import pytest and loguru; install them into that interpreter" \
+       "yourself, or leave PYTHON unset to use /usr/bin/python3 with Debian's python3-pytest python3-loguru" >&2
+  exit 1
+}
