@@ -46,6 +46,13 @@ test-pkg: deb
 	@mkdir -p $(OUT)
 	@tests/pkg/run.sh $(DEB) 2>&1 | tee $(OUT)/pkg.log; test $${PIPESTATUS[0]} -eq 0
 
+# The README's commands (the lab left out) as root in a clean bookworm root
+# made by mmdebstrap: no step may depend on what this machine has.
+test-fresh: SHELL := /bin/bash
+test-fresh:
+	@mkdir -p $(OUT)
+	@tests/fresh/run.sh 2>&1 | tee $(OUT)/fresh.log; test $${PIPESTATUS[0]} -eq 0
+
 lab-down:
 	$(LAB) down
 

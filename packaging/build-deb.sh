@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 PATH=/usr/sbin:/usr/bin:/sbin:/bin
 export PATH DEBIAN_FRONTEND=noninteractive
 
-deps="git debhelper dh-python python3-all python3-setuptools lintian dpkg-dev fakeroot"
+deps="git build-essential debhelper dh-python python3-all python3-setuptools lintian dpkg-dev fakeroot"
 missing=""
 for p in $deps; do
   dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed' || missing="$missing $p"

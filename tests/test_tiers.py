@@ -89,3 +89,24 @@ def test_an_explicit_python_without_pytest_is_told_and_nothing_is_installed(tmp_
     assert p.returncode == 1
     assert f"host-deps: {fake} cannot import pytest and loguru" in p.stderr
     assert "installing" not in p.stderr
+
+
+def readme_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    block = text[text.index("```sh\n") + 6:]
+    block = block[:block.index("```")]
+    return [line.split("#")[0].strip() for line in block.splitlines() if line.strip()]
+
+
+def test_the_readme_commands_run_in_a_root_shell_without_sudo():
+    first, second = readme_commands()
+    assert "sudo" not in first + second
+    assert first.startswith("apt-get update && apt-get install -y make git")
+    assert first.endswith(" && make demo") and second == "make test"   # what tests/fresh/run.sh expects
+    intro = (ROOT / "README.md").read_text().split("```sh")[0]
+    assert "as root" in intro and "sudo -s" in intro and "minutes" in intro
+
+
+def test_ci_runs_the_fresh_root_test_after_make_test():
+    ci = (ROOT / ".ci/run").read_text()
+    assert ci.index("make test ||") < ci.index("make test-fresh ||")
