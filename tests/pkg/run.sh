@@ -11,7 +11,7 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 deb=${1:?usage: tests/pkg/run.sh path/to/pvezfsha.deb}
 [ "$(id -u)" = 0 ] || { echo "pkg tier: needs root (chroot)" >&2; exit 1; }
-command -v mmdebstrap >/dev/null || tests/lab/host-deps.sh
+command -v mmdebstrap >/dev/null || tests/lab/host-deps.sh /usr/bin/python3 pkg
 cache=${PVEZFSHA_LAB_CACHE:-/var/cache/pvezfsha-lab}/pkg
 mirror=${PVEZFSHA_MIRROR:-http://deb.debian.org/debian}
 mkdir -p "$cache"
