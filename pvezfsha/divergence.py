@@ -7,27 +7,49 @@ needs D rolled back (`recv -F` would destroy the newer snapshots and writes,
 which is how pvesr and syncoid lose a returning node's data). Instead:
 
   1. snapshot unsnapshotted writes as D@<prefix>-diverged_<time>;
-  2. clone D@base to a sibling T, and promote T: T now owns the history up
-     to and including @base, and D keeps only what came after it;
-  3. rename D to D-<prefix>-diverged-<time>, and T to D.
+  2. clone D@base to a sibling T (D-<prefix>-swap), created with D's local
+     properties and inert (readonly, canmount=noauto), so it is never
+     mounted and stays an exact copy of @base; then promote T: T owns the
+     history up to and including @base, D keeps only what came after it;
+  3. move D's child datasets under T, mark D as kept and make it inert;
+  4. rename D to D-<prefix>-diverged-<time>, and T to D, both with -u.
 
 Nothing is copied and nothing is destroyed. D is again an exact copy of the
-base, ready for an incremental receive, and the diverged state sits next to
-it, read-only and not auto-mounted, until an admin decides. Every step is
-re-entrant: a run interrupted between steps is finished by the next one.
+base, with its own mountpoint, ACL, quota and share settings, ready for the
+incremental receive of the same cycle, and the diverged state sits next to
+it, read-only and never auto-mounted, until an admin decides.
+
+Why the clone is made with its properties: a clone inherits from its
+parent, not from its origin, so D's local `mountpoint` (or `acltype`,
+`sharenfs`, `quota`...) would stay with the kept copy and the next
+promotion would mount the live data somewhere else. And a clone created
+with the inherited canmount=on is mounted by `zfs rename` (even with -u
+it is remounted once the rename changes where it would mount): the mount
+writes a few KiB, so the receive that follows fails as "destination
+modified", and the next cycle keeps a second, empty copy.
+
+Every step is re-entrant: a run killed between any two of them (the lab
+kills it at each `faults.point`) is finished by the next call, which finds
+the swap clone T and knows from the origins how far the last one got.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 
-from pvezfsha import zfs, zfscli
+from pvezfsha import faults, zfs, zfscli
 from pvezfsha.errors import ZfsError
 from pvezfsha.log import logger
 from pvezfsha.replica import INERT
-from pvezfsha.versions import DatasetState, diverged_name
+from pvezfsha.versions import diverged_name
 
 KEPT_PROP = "pvezfsha:diverged"   # on the kept dataset: base and time, for `status`
+
+# Local properties that are not carried to the swapped-in copy: set by the
+# swap itself, fixed at creation (a clone takes them from its origin), or
+# tied to the encryption root.
+NOT_CARRIED = frozenset({"readonly", "canmount", "casesensitivity", "normalization", "utf8only", "encryption",
+                         "keyformat", "keylocation", "pbkdf2iters", "volsize", "volblocksize", KEPT_PROP})
 
 
 def _tmp_name(dataset: str, prefix: str) -> str:
@@ -43,20 +65,12 @@ def keep_diverged(dataset: str, base_guid: int, prefix: str, node: str,
     """Set D's diverged state aside; D ends as an unmodified copy of the base."""
     now = now or dt.datetime.now(dt.timezone.utc)
     tmp = _tmp_name(dataset, prefix)
+    done = finish_interrupted(dataset, prefix, node, now)
+    if done is not None:
+        return done
     st = zfs.read_state(dataset)
     if not st.exists:
         raise ZfsError(f"{dataset}: does not exist")
-
-    if zfs.exists(tmp):
-        tmp_state = zfs.read_state(tmp)
-        if st.origin.startswith(tmp + "@"):
-            # Interrupted after the promote: D is already the diverged part.
-            return _swap(dataset, tmp, st, prefix, node, now, base_guid)
-        if tmp_state.origin.startswith(dataset + "@"):
-            # Interrupted after the clone: the clone holds nothing of its own.
-            zfs.destroy(tmp)
-        else:
-            raise ZfsError(f"{tmp} exists and is not pvezfsha's own swap clone; rename or destroy it")
 
     base = next((s for s in st.snapshots if s.guid == base_guid), None)
     if base is None:
@@ -70,25 +84,71 @@ def keep_diverged(dataset: str, base_guid: int, prefix: str, node: str,
         name = diverged_name(prefix, now)
         zfs.snapshot([f"{dataset}@{name}"])
         kept_snaps.append(name)
-    zfs.clone(tmp, f"{dataset}@{base.name}")
+    faults.point("divergence.snapshotted")
+    props = {k: v for k, v in zfs.local_props(dataset).items() if k not in NOT_CARRIED}
+    zfscli.clone(f"{dataset}@{base.name}", tmp, {**props, **INERT})
+    faults.point("divergence.cloned")
     zfs.promote(tmp)
-    st = zfs.read_state(dataset)
-    result = _swap(dataset, tmp, st, prefix, node, now, base_guid)
+    faults.point("divergence.promoted")
+    result = _swap(dataset, tmp, prefix, node, now)
     result["snapshots"] = kept_snaps
     return result
 
 
-def _swap(dataset: str, tmp: str, st: DatasetState, prefix: str, node: str,
-          now: dt.datetime, base_guid: int) -> dict:
+def finish_interrupted(dataset: str, prefix: str, node: str, now: dt.datetime | None = None) -> dict | None:
+    """Finish or undo a swap a killed run left half done; None if there was none.
+
+    Cheap when there is nothing to do (one existence check), so the
+    receiver runs it before it tells a sender what D holds: a D missing
+    between the two renames must not look like an empty target.
+    """
+    tmp = _tmp_name(dataset, prefix)
+    if not zfs.exists(tmp):
+        return None
+    now = now or dt.datetime.now(dt.timezone.utc)
+    t = zfs.read_state(tmp)
+    st = zfs.read_state(dataset)
+    if st.exists and t.origin.startswith(dataset + "@"):
+        # Killed after the clone, before the promote: the clone is inert and
+        # was never mounted, so it holds nothing of its own.
+        if t.written or t.snapshots or zfs.children(tmp):
+            raise ZfsError(f"{tmp} has data or snapshots of its own; it is not a bare swap clone: "
+                           f"rename or destroy it by hand")
+        zfs.destroy(tmp)
+        logger.info(f"{dataset}: removed the swap clone {tmp} of an interrupted run; keeping the divergence again")
+        return None
+    if st.exists and st.origin.startswith(tmp + "@"):
+        # Killed after the promote: D is already only the diverged part.
+        logger.info(f"{dataset}: finishing an interrupted swap (divergence already split off at @"
+                    f"{st.origin.split('@', 1)[1]})")
+        return _swap(dataset, tmp, prefix, node, now)
+    if not st.exists and not t.origin:
+        # Killed between the two renames: D is kept already, T is the copy.
+        zfscli.rename(tmp, dataset)
+        logger.info(f"{dataset}: finished an interrupted swap ({tmp} renamed back to {dataset})")
+        return {"kept": "", "base": "", "snapshots": [], "recovered": True}
+    raise ZfsError(f"{tmp} exists and is not pvezfsha's own swap clone of {dataset}; rename or destroy it")
+
+
+def _swap(dataset: str, tmp: str, prefix: str, node: str, now: dt.datetime) -> dict:
+    st = zfs.read_state(dataset)
     kept = kept_name(dataset, prefix, now)
     base_name = st.origin.split("@", 1)[1] if "@" in st.origin else "?"
-    zfscli.rename(dataset, kept)
-    zfscli.rename(tmp, dataset)
+    base_guid = next((v.guid for v in zfs.read_state(tmp).snapshots if v.name == base_name), 0)
+    # Children belong with the live data, not with the kept state.
+    for child in zfs.children(dataset):
+        zfscli.rename(child, tmp + child[len(dataset):])
+        faults.point("divergence.child-moved")
     # The kept state must never mount itself over anything, nor change.
-    zfscli.set_props(kept, INERT)
+    if st.mounted:
+        zfscli.unmount(dataset)
     zfscli.set_props(dataset, INERT)
-    zfs.set_user_props(kept, {KEPT_PROP: f"base=@{base_name} guid={base_guid:x} "
-                                          f"time={now:%Y-%m-%dT%H:%M:%SZ} node={node}"})
+    zfs.set_user_props(dataset, {KEPT_PROP: f"base=@{base_name} guid={base_guid:x} "
+                                            f"time={now:%Y-%m-%dT%H:%M:%SZ} node={node}"})
+    zfscli.rename(dataset, kept)
+    faults.point("divergence.renamed")
+    zfscli.rename(tmp, dataset)
     logger.warning(f"{dataset}: diverged after @{base_name}; its own state is kept as {kept} "
                    f"(nothing was destroyed); replication continues from @{base_name}")
-    return {"kept": kept, "base": base_name, "snapshots": [s.name for s in st.snapshots]}
+    return {"kept": kept, "base": base_name, "snapshots": [s.name for s in st.snapshots
+                                                           if not s.name == base_name]}

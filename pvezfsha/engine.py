@@ -21,7 +21,8 @@ from pvezfsha import zfs
 from pvezfsha.config import Options
 from pvezfsha.errors import ZfsError
 from pvezfsha.log import logger
-from pvezfsha.planner import Conflict, Plan, Step, plan_prune, plan_replication
+from pvezfsha.planner import Conflict, Plan, Step, kept_for_clones, plan_prune, plan_replication
+from pvezfsha.state import first_time
 from pvezfsha.transport import Session
 from pvezfsha.versions import HOLD_LAST, DatasetState, Version, cursor_name, cursor_node, step_hold
 
@@ -71,6 +72,23 @@ def send_flags(options: Options, source: DatasetState) -> tuple[str, ...]:
     return (*options.send_flags, "raw") if raw else tuple(options.send_flags)
 
 
+def move_cursor(src_ds: str, prefix: str, peer: str, to: Version, bookmarks) -> bool:
+    """The peer's cursor bookmark onto `to`; True if anything changed."""
+    new = cursor_name(prefix, peer, to.guid)
+    old = [b for b in bookmarks if cursor_node(b.name, prefix) == peer]
+    if any(b.name == new for b in old) and len(old) == 1:
+        return False
+    if not any(b.name == new for b in old):
+        src = to.full(src_ds)
+        if to.bookmark:   # the base survives only as a bookmark: copy it
+            src = f"{src_ds}#{to.name}"
+        zfs.bookmark({f"{src_ds}#{new}": src})
+    # Create before destroy: a crash in between leaves two cursors, and
+    # the older one is removed by the next move.
+    zfs.destroy_bookmarks([b.full(src_ds) for b in old if b.name != new])
+    return True
+
+
 class Replicator:
     def __init__(self, session: Session, peer: str, options: Options, *, ctid: int = 0, epoch: int = 0):
         self.session = session
@@ -81,7 +99,8 @@ class Replicator:
         self.fence = {"ctid": ctid, "epoch": epoch}
 
     def remote_state(self, dataset: str) -> DatasetState:
-        return DatasetState.from_dict(self.session.request("state", dataset=dataset)["state"])
+        res = self.session.request("state", dataset=dataset, prefix=self.options.snapshot_prefix)
+        return DatasetState.from_dict(res["state"])
 
     def plan(self, src_ds: str, source: DatasetState, dst_ds: str) -> tuple[Plan | Conflict, DatasetState]:
         target = self.remote_state(dst_ds)
@@ -156,21 +175,7 @@ class Replicator:
         logger.debug(f"{src_ds} -> {self.peer}: {step.describe()}: {res.bytes} bytes in {res.seconds:.2f} s")
 
     def _move_cursor(self, src_ds: str, to: Version, source: DatasetState) -> bool:
-        """The peer's cursor bookmark onto `to`; True if anything changed."""
-        prefix = self.options.snapshot_prefix
-        new = cursor_name(prefix, self.peer, to.guid)
-        old = [b for b in source.bookmarks if cursor_node(b.name, prefix) == self.peer]
-        if any(b.name == new for b in old) and len(old) == 1:
-            return False
-        if not any(b.name == new for b in old):
-            src = to.full(src_ds)
-            if to.bookmark:   # the base survives only as a bookmark: copy it
-                src = f"{src_ds}#{to.name}"
-            zfs.bookmark({f"{src_ds}#{new}": src})
-        # Create before destroy: a crash in between leaves two cursors, and
-        # the older one is removed by the next move.
-        zfs.destroy_bookmarks([b.full(src_ds) for b in old if b.name != new])
-        return True
+        return move_cursor(src_ds, self.options.snapshot_prefix, self.peer, to, source.bookmarks)
 
     def _finish(self, dst_ds: str, target: DatasetState, done: list[Step]) -> int:
         """One request: the last-received hold onto the newest snapshot, and
@@ -184,6 +189,10 @@ class Replicator:
             return 0
         held_last = [v.name for v in target.snapshots if HOLD_LAST in v.holds]
         doomed = plan_prune(after, self.options.snapshot_prefix, self.options.keep, {newest.guid})
+        for v in kept_for_clones(after, self.options.snapshot_prefix, self.options.keep):
+            if first_time(f"clone-origin-{self.peer}-{v.guid:016x}"):
+                logger.warning(f"{dst_ds}@{v.name} on {self.peer} is kept past `keep`: a kept divergence "
+                               f"there was cloned from it; it goes when that copy is destroyed")
         if held_last == [newest.name] and not doomed:
             return 0
         res = self.session.request("finish", dataset=dst_ds, hold=newest.name, held=newest.name in held_last,

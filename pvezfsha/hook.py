@@ -31,13 +31,14 @@ from dataclasses import dataclass, field
 from pvezfsha import replica, state, zfs
 from pvezfsha.cluster import Cluster
 from pvezfsha.config import Config, Container
-from pvezfsha.engine import human_bytes
+from pvezfsha.engine import human_bytes, move_cursor
 from pvezfsha.errors import PvezfshaError
 from pvezfsha.log import logger
 from pvezfsha.peers import Peers, try_holdings
 from pvezfsha.record import Record, RecordError, RecordStore
 from pvezfsha.role import role_of
-from pvezfsha.takeover import Case, Holding, Situation, classify, fmt_age, freshest, judge, replica_age
+from pvezfsha.takeover import (Case, Holding, Situation, classify, fmt_age, freshest, judge, peer_bases,
+                               replica_age)
 from pvezfsha.versions import DatasetState, newest_replication
 
 PHASES = ("pre-start", "post-start", "pre-stop", "post-stop")
@@ -92,7 +93,21 @@ class LocalReplicas:
 
     def promote(self, ct: Container, epoch: int) -> None:
         for ds in ct.datasets:
-            replica.promote(ds.on(self.node), epoch)
+            replica.promote(ds.on(self.node), epoch, ct.options.snapshot_prefix)
+
+    def seed_cursors(self, ct: Container, bases: dict[str, dict[str, int]]) -> list[str]:
+        """A cursor for each other member at the snapshot it shares with us."""
+        prefix = ct.options.snapshot_prefix
+        out = []
+        for ds in ct.datasets:
+            name = ds.on(self.node)
+            st = zfs.read_state(name)
+            by_guid = st.by_guid()
+            for peer, per in bases.items():
+                v = by_guid.get(per.get(ds.name, -1))
+                if v is not None and move_cursor(name, prefix, peer, v, st.bookmarks):
+                    out.append(f"{name}: cursor for {peer} at @{v.name}")
+        return out
 
     def stop_receives(self, ct: Container) -> list[str]:
         """End receives into our datasets still waiting on a sender that is gone."""
@@ -108,7 +123,7 @@ class LocalReplicas:
 
     def demote(self, ct: Container, why: str) -> None:
         for ds in ct.datasets:
-            replica.demote(ds.on(self.node), why)
+            replica.demote(ds.on(self.node), why, ct.options.snapshot_prefix)
 
 
 class Takeover:
@@ -193,8 +208,24 @@ class Takeover:
         except PvezfshaError as e:
             raise Refused(f"CT {ct.ctid}: recorded as primary at epoch {rep.epoch} but promotion failed: {e}") \
                 from None
+        self._protect_peers(record, rep, prev)
         rep.seconds = time.monotonic() - t0
         return rep
+
+    def _protect_peers(self, record: Record | None, rep: Report, prev: str | None) -> None:
+        """Keep, for every other member, the snapshot it shares with us."""
+        prefix = self.ct.options.snapshot_prefix
+        states = self.local.states(self.ct)
+        newest = {name: (v.guid if (v := newest_replication(st, prefix)) else None) for name, st in states.items()}
+        held = {name: tuple(v.guid for v in st.snapshots) for name, st in states.items()}
+        bases = peer_bases(self.node, self.ct.nodes, prev, rep.pulled_from, record, newest, held)
+        try:
+            for note in self.local.seed_cursors(self.ct, bases):
+                logger.info(f"CT {self.ct.ctid}: {note}")
+        except PvezfshaError as e:
+            # The container may start: this only costs a full resend later.
+            rep.notes.append(f"could not protect the other nodes' common snapshots: {e}")
+            logger.warning(f"CT {self.ct.ctid}: {rep.notes[-1]}")
 
     def _catch_up(self, rep: Report, prev: str | None, states) -> None:
         """Pull from a surviving node that holds more than this one."""

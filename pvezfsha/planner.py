@@ -180,9 +180,20 @@ def plan_prune(state: DatasetState, prefix: str, keep: int, protect: set[int]) -
     """Replication snapshots beyond the newest `keep` that may be destroyed.
 
     Never the newest, never a held one, never one whose guid is protected
-    (the last common snapshot with a standby). Snapshots of other tools and
-    kept diverged state are not ours to prune.
+    (the last common snapshot with a standby), never the origin of a clone
+    (a kept divergence is a clone of its base: destroying that fails with
+    EEXIST, SnapshotIsCloned, and would fail the whole batch). Snapshots of
+    other tools and kept diverged state are not ours to prune.
     """
+    return tuple(s for s in _beyond_keep(state, prefix, keep) if s.guid not in protect and not s.holds
+                 and not s.clones)
+
+
+def kept_for_clones(state: DatasetState, prefix: str, keep: int) -> tuple[Version, ...]:
+    """Snapshots retention would prune but must keep: clone origins."""
+    return tuple(s for s in _beyond_keep(state, prefix, keep) if s.clones)
+
+
+def _beyond_keep(state: DatasetState, prefix: str, keep: int) -> list[Version]:
     repl = [s for s in state.snapshots if is_replication_snapshot(s.name, prefix)]
-    old = repl[:-keep] if len(repl) > keep else []
-    return tuple(s for s in old if s.guid not in protect and not s.holds)
+    return repl[:-keep] if len(repl) > keep else []

@@ -128,6 +128,8 @@ class Server:
     def op_state(self, req: dict) -> dict:
         ds = self._dataset(req)
         self._lock(ds)
+        # A swap a killed run left half done would show D missing or split.
+        divergence.finish_interrupted(ds, str(req.get("prefix") or "pvezfsha"), self.node)
         return {"state": zfs.read_state(ds).to_dict()}
 
     def op_receive(self, req: dict) -> dict:

@@ -49,6 +49,21 @@ def dataset_lock(dataset: str, what: str = "sync"):
         os.close(fd)
 
 
+def first_time(what: str) -> bool:
+    """True the first time `what` is asked on this node (a marker file under
+    the run dir): for reporting a lasting condition once, not every cycle."""
+    d = run_dir() / "reported"
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        fd = os.open(d / what.replace("/", "%"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        os.close(fd)
+        return True
+    except FileExistsError:
+        return False
+    except OSError:
+        return True
+
+
 def stop_receive(dataset: str, timeout: float = 15.0) -> int | None:
     """Kill a `pvezfsha receive` holding the dataset's lock; its pid, or None.
 

@@ -29,10 +29,10 @@ from pvezfsha.config import Config, Container
 from pvezfsha.engine import Outcome, Replicator, send_flags
 from pvezfsha.errors import PvezfshaError, UsageError
 from pvezfsha.log import logger
-from pvezfsha.planner import Conflict, plan_prune
+from pvezfsha.planner import Conflict, kept_for_clones, plan_prune
 from pvezfsha.record import Record, RecordError, RecordStore, Replica
 from pvezfsha.role import role_of
-from pvezfsha.state import Locked, dataset_lock, run_dir
+from pvezfsha.state import Locked, dataset_lock, first_time, run_dir
 from pvezfsha.transport import Session, ssh_argv
 from pvezfsha.versions import (HOLD_STEP, DatasetState, Version, cursor_guid, cursor_node, is_replication_snapshot,
                                newest_replication, snapshot_name, step_hold)
@@ -174,6 +174,7 @@ def replicate(ctx: SyncContext, ct: Container, peers: list[str], *, epoch: int,
                 if prune and name not in quiet:
                     protect = {g for g in (cursor_guid(st, prefix, p) for p in ct.nodes) if g is not None}
                     doomed = plan_prune(st, prefix, opts.keep, protect)
+                    report_clone_origins(ct.ctid, name, local, st, prefix, opts.keep)
                     if doomed:
                         zfs.destroy_snapshots([v.full(name) for v in doomed])
                         logger.info(f"CT {ct.ctid}: {name}: pruned {len(doomed)} old snapshot(s) on {local}")
@@ -185,6 +186,14 @@ def replicate(ctx: SyncContext, ct: Container, peers: list[str], *, epoch: int,
                     zfs.release(stale_step_holds(st, name, ct.nodes))
                 cycle.states[name] = st
     return cycle
+
+
+def report_clone_origins(ctid: int, name: str, node: str, st: DatasetState, prefix: str, keep: int) -> None:
+    """Once per snapshot: retention keeps it because a kept divergence is its clone."""
+    for v in kept_for_clones(st, prefix, keep):
+        if first_time(f"clone-origin-{node}-{v.guid:016x}"):
+            logger.warning(f"CT {ctid}: {name}@{v.name} on {node} is kept past `keep`: a kept divergence was "
+                           f"cloned from it (see `pvezfsha diverged {ctid}`); it goes when that copy is destroyed")
 
 
 def _cache_path(dataset: str):
@@ -353,7 +362,7 @@ def sync_container(ctx: SyncContext, ct: Container) -> int:
         if role.record is not None and role.primary != local and not ctx.dry_run:
             # Fencing: another node took over; our copies must not change any more.
             for ds in ct.datasets:
-                replica.demote(ds.on(local), f"{role.primary} is primary at epoch {role.epoch}")
+                replica.demote(ds.on(local), f"{role.primary} is primary at epoch {role.epoch}", ct.options.snapshot_prefix)
         logger.info(f"CT {ct.ctid}: this node ({local}) is {role.describe(local)}; nothing to do")
         return 0
     peers = [n for n in ct.nodes if n != local]
@@ -420,7 +429,7 @@ def transfer(cfg: Config, ctid: int, to: str, final: bool, cluster: Cluster | No
         def before(names):
             # Nothing may change after the final snapshot.
             for name in names:
-                replica.demote(name, f"handing over to {to}")
+                replica.demote(name, f"handing over to {to}", ct.options.snapshot_prefix)
     cycle = replicate(ctx, ct, [to], epoch=role.epoch, snapshot=final, prune=False, before=before)
     steps, nbytes = cycle.totals()
     newest = {name: (newest_replication(st, ct.options.snapshot_prefix) or st.newest).name

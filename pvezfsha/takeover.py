@@ -139,3 +139,36 @@ def fmt_age(seconds: float) -> str:
     if s < 2 * 86400:
         return f"{s // 3600}h{(s % 3600) // 60:02d}m"
     return f"{s // 86400}d{(s % 86400) // 3600:02d}h"
+
+
+def peer_bases(local: str, nodes: tuple[str, ...], prev: str | None, pulled_from: str | None,
+               record: Record | None, newest: dict[str, int | None],
+               held: dict[str, tuple[int, ...]]) -> dict[str, dict[str, int]]:
+    """For each other member and dataset, the newest snapshot (by guid) that
+    this node, about to become primary, knows the member also holds.
+
+    The new primary makes a cursor of each, so that retention keeps that
+    snapshot (or its bookmark) until the member has caught up: without one,
+    a member that stays down for more than `keep` changed cycles loses its
+    last common snapshot and needs a full resend.
+
+    The old primary and a node we just pulled from hold our newest
+    replication snapshot (it came from them). Any other member holds what
+    the record last confirmed, if we still have that snapshot.
+    """
+    out: dict[str, dict[str, int]] = {}
+    for node in nodes:
+        if node == local:
+            continue
+        for ds, guids in held.items():
+            position = {g: i for i, g in enumerate(guids)}
+            candidates = []
+            if node in (prev, pulled_from) and newest.get(ds) is not None:
+                candidates.append(newest[ds])
+            confirmed = record.replicas.get(node, {}).get(ds) if record else None
+            if confirmed is not None:
+                candidates.append(confirmed.guid)
+            known = [g for g in candidates if g in position]
+            if known:
+                out.setdefault(node, {})[ds] = max(known, key=position.__getitem__)
+    return out

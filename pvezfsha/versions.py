@@ -28,6 +28,7 @@ class Version:
     creation: int      # unix seconds
     bookmark: bool = False
     holds: tuple[str, ...] = ()
+    clones: int = 0    # datasets cloned from this snapshot (a kept divergence): it cannot be destroyed
 
     def full(self, dataset: str) -> str:
         return f"{dataset}{'#' if self.bookmark else '@'}{self.name}"

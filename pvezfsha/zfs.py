@@ -50,6 +50,9 @@ for s in zfs.list.snapshots(ds) do
     for tag in zfs.list.holds(s) do h[tag] = true end
     e.holds = h
   end
+  local n = 0
+  for c in zfs.list.clones(s) do n = n + 1 end
+  if n > 0 then e.clones = n end
   snaps[s] = e
 end
 local bms = {}
@@ -146,7 +149,7 @@ def read_state(dataset: str) -> DatasetState:
     for full, e in (res.get(b"snaps") or {}).items():
         holds = tuple(sorted(_s(t) for t in (e.get(b"holds") or {})))
         snaps.append(Version(_s(full).split("@", 1)[1], e[b"guid"] & _U64, e[b"createtxg"],
-                             e[b"creation"], holds=holds))
+                             e[b"creation"], holds=holds, clones=int(e.get(b"clones") or 0)))
     snaps.sort(key=lambda v: v.createtxg)
 
     bookmarks = []
@@ -221,6 +224,52 @@ def quick_state(dataset: str, snapshots: list[str] = ()) -> Quick:
                  {_s(k): v & _U64 for k, v in (res.get(b"guids") or {}).items()},
                  {_s(k): _s(v) for k, v in (res.get(b"props") or {}).items()},
                  mountpoint(dataset) is not None)
+
+
+_LOCAL_PROPS_PROGRAM = b"""
+args = ...
+local ds = args["argv"][1]
+local wanted = {}
+for i = 2, #args["argv"] do wanted[args["argv"][i]] = true end
+local out = {}
+if not zfs.exists(ds) then return out end
+-- Only properties this pool's ZFS knows (a channel program has no pcall,
+-- and get_prop on an unknown name ends the program).
+for _, prop in ipairs(zfs.list.system_properties(ds)) do
+  if wanted[prop] then
+    local value, source = zfs.get_prop(ds, prop)
+    if source == ds then out[prop] = value end
+  end
+end
+for name, value, source in zfs.list.user_properties(ds) do
+  if source == ds then out[name] = value end
+end
+return out
+"""
+
+# Settable filesystem properties a copy of a dataset carries over when set
+# locally (`zfs get -s local`); read-only statistics are not among them.
+SETTABLE = ("atime", "relatime", "exec", "setuid", "devices", "xattr", "acltype", "aclinherit", "aclmode",
+            "compression", "checksum", "copies", "dedup", "dnodesize", "logbias", "primarycache",
+            "secondarycache", "recordsize", "redundant_metadata", "snapdir", "sync", "special_small_blocks",
+            "mountpoint", "sharenfs", "sharesmb", "quota", "refquota", "reservation", "refreservation",
+            "zoned", "overlay", "vscan", "nbmand", "snapdev", "filesystem_limit", "snapshot_limit", "context",
+            "fscontext", "defcontext", "rootcontext", "prefetch", "direct", "canmount", "readonly")
+
+
+def local_props(dataset: str) -> dict[str, str]:
+    """Properties set on `dataset` itself (source local), system and user,
+    as `zfs set` takes them: what a copy of the dataset must carry over."""
+    res = _call(f"reading the properties of {dataset}", lzc.lzc_channel_program_nosync, _b(_pool(dataset)),
+                _LOCAL_PROPS_PROGRAM, params=[_b(dataset), *(_b(p) for p in SETTABLE)])
+    return {_s(k): _s(v) for k, v in (res or {}).items()}
+
+
+def children(dataset: str) -> list[str]:
+    """Direct child datasets (never the hidden %recv of a partial receive)."""
+    res = _call(f"listing children of {dataset}", lzc.lzc_channel_program_nosync, _b(_pool(dataset)),
+                _CHILDREN_PROGRAM, params=[_b(dataset), b"name"])
+    return sorted(_s(k) for k in (res or {}) if "%" not in _s(k))
 
 
 _CHILDREN_PROGRAM = b"""

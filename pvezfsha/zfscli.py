@@ -1,6 +1,8 @@
 """The places where pvezfsha runs the `zfs` command, because libzfs_core has
 no call for them: setting system properties (openzfs/zfs#12675), mounting,
-and renaming a dataset that may be mounted (lzc_rename does not unmount).
+renaming a dataset that may be mounted (lzc_rename does not unmount), and
+cloning with properties (lzc_clone takes native properties only in their
+kernel encoding, which `zfs clone -o` does for us).
 
 Always an argv list, never a shell: dataset names never pass through one.
 """
@@ -35,6 +37,13 @@ def set_props(dataset: str, props: dict[str, str]) -> None:
 def rename(source: str, target: str) -> None:
     # -u: keep it where it is mounted (or not); a standby stays unmounted.
     _run(["rename", "-u", source, target], f"renaming {source} to {target}")
+
+
+def clone(origin: str, target: str, props: dict[str, str]) -> None:
+    """A clone created with `props` from the start: with canmount=noauto
+    among them it is never mounted, so it stays an exact copy of `origin`."""
+    opts = [a for k, v in props.items() for a in ("-o", f"{k}={v}")]
+    _run(["clone", *opts, origin, target], f"cloning {origin} to {target}")
 
 
 def mount(dataset: str) -> None:

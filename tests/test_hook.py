@@ -50,6 +50,10 @@ class FakeLocal:
     def problems(self, ct):
         return self.problem_list
 
+    def seed_cursors(self, ct, bases):
+        self.cursors = bases
+        return []
+
     def stop_receives(self, ct):
         return self.hung
 

@@ -88,3 +88,32 @@ def test_refusal_says_how_to_accept_the_replica_anyway():
 def test_empty_replica_is_refused_unless_forced():
     assert not judge(None, 1800, "warn").accept
     assert judge(None, 1800, "refuse", force=True).accept
+
+
+# -- what the new primary protects for the other members -----------------------
+
+from pvezfsha.record import Replica  # noqa: E402
+from pvezfsha.takeover import peer_bases  # noqa: E402
+
+
+def test_the_old_primary_shares_our_newest_snapshot():
+    bases = peer_bases("pve2", ("pve1", "pve2"), "pve1", None, Record(103, "pve1", 4), {"ds": 3}, {"ds": (1, 2, 3)})
+    assert bases == {"pve1": {"ds": 3}}
+
+
+def test_another_member_shares_what_the_record_confirmed_if_we_still_have_it():
+    rec = Record(103, "pve1", 4, replicas={"pve3": {"ds": Replica(2, "s2", 0.0)}})
+    bases = peer_bases("pve2", ("pve1", "pve2", "pve3"), "pve1", None, rec, {"ds": 3}, {"ds": (1, 2, 3)})
+    assert bases == {"pve1": {"ds": 3}, "pve3": {"ds": 2}}
+
+
+def test_a_member_whose_confirmed_snapshot_we_lack_gets_no_cursor():
+    rec = Record(103, "pve1", 4, replicas={"pve3": {"ds": Replica(9, "s9", 0.0)}})
+    bases = peer_bases("pve2", ("pve1", "pve2", "pve3"), "pve1", None, rec, {"ds": 3}, {"ds": (1, 2, 3)})
+    assert "pve3" not in bases
+
+
+def test_a_survivor_we_caught_up_from_shares_our_newest():
+    rec = Record(103, "pve1", 4, replicas={"pve3": {"ds": Replica(1, "s1", 0.0)}})
+    bases = peer_bases("pve2", ("pve1", "pve2", "pve3"), "pve1", "pve3", rec, {"ds": 3}, {"ds": (1, 2, 3)})
+    assert bases["pve3"] == {"ds": 3}

@@ -198,26 +198,43 @@ class Group:
     def env(self) -> dict:
         return {"PVEZFSHA_CONFIG": self.config}
 
-    def run(self, *args: str, node: str = "pve1", check: bool = False, timeout: float = 600):
-        p = sh(node, ["pvezfsha", *args], env=self.env(), check=check, timeout=timeout)
+    def run(self, *args: str, node: str = "pve1", check: bool = False, timeout: float = 600,
+            env: dict | None = None):
+        p = sh(node, ["pvezfsha", *args], env={**self.env(), **(env or {})}, check=check, timeout=timeout)
         self.pmxcfs_sync(node)
         return p
 
-    def sync(self, *args: str, node: str = "pve1", expect: int | None = 0, verbose: bool = True):
-        p = self.run(*(["-v"] if verbose else []), "sync", *args, str(self.ctid), node=node)
+    def sync(self, *args: str, node: str = "pve1", expect: int | None = 0, verbose: bool = True,
+             env: dict | None = None):
+        p = self.run(*(["-v"] if verbose else []), "sync", *args, str(self.ctid), node=node, env=env)
         if expect is not None:
             assert p.returncode == expect, f"sync exited {p.returncode}\n{p.stderr}"
         return p
 
-    def hook(self, node: str, phase: str) -> subprocess.CompletedProcess:
+    def hook(self, node: str, phase: str, timeout: float = 600) -> subprocess.CompletedProcess:
         """The hookscript as PVE runs it: argv vmid phase, LC_ALL=C, minimal
         PATH, stdin at EOF; the config path is the only thing we add."""
         cmd = ("h=/var/lib/vz/snippets/pvezfsha-hook; [ -x $h ] || h=/opt/pvezfsha/hookscripts/pvezfsha-hook; "
                f"cd / && env -i LC_ALL=C PATH=/sbin:/bin:/usr/sbin:/usr/bin PVEZFSHA_CONFIG={self.config} "
                f"$h {self.ctid} {phase} </dev/null")
-        p = sh(node, cmd, check=False)
+        p = sh(node, cmd, check=False, timeout=timeout)
         self.pmxcfs_sync(node)
         return p
+
+    def datasets_on(self, node: str) -> list[str]:
+        """Every dataset of this group on node: its own and what pvezfsha made beside it."""
+        out = sh(node, ["zfs", "list", "-H", "-o", "name", "-r", "tank"], check=False).stdout.split()
+        return sorted(d for d in out if any(belongs(d, mine) for mine in self.datasets))
+
+    def kept(self, node: str) -> list[str]:
+        return [d for d in self.datasets_on(node) if "-pvezfsha-diverged-" in d]
+
+    def diverge(self, node: str = "pve2", name: str = "standby-only.txt", mnt: str | None = None) -> None:
+        """Writes of node's own on its replica, as a returning primary has."""
+        sh(node, ["zfs", "set", "readonly=off", self.ds])
+        sh(node, ["zfs", "mount", self.ds])
+        sh(node, f"echo precious > {mnt or self.mnt}/{name}")
+        sh(node, ["zfs", "unmount", self.ds])
 
     def popen_sync(self, *args: str) -> subprocess.Popen:
         return subprocess.Popen(["pvezfsha", "-v", "sync", *args, str(self.ctid)], env={**os.environ, **self.env()},

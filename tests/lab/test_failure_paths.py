@@ -1,0 +1,214 @@
+"""Failure paths on real OpenZFS: a returning node's divergence, retention
+beside kept copies, promotion and demotion that never destroy writes, and a
+write probe that hostile files in a share cannot turn against the host.
+
+Each test is one scenario of issue 9, named after what an admin relies on.
+"""
+
+import re
+
+import pytest
+
+from labnode import checksums, sh, snapshots, step_bytes, zfs_get
+
+UNREACHABLE = {"PVEZFSHA_SSH": "/bin/false"}   # every peer looks down to this run
+
+
+def kept_from(stderr: str) -> str:
+    m = re.search(r"diverged state kept as (\S+)", stderr)
+    assert m, stderr
+    return m.group(1).rstrip(";")
+
+
+# -- keeping a divergence (items 1, 7, 16) --------------------------------------
+
+def test_a_kept_divergence_is_followed_by_the_incremental_in_the_same_cycle(group):
+    group.write("a.bin")
+    group.sync()
+    group.diverge("pve2")
+    group.write("b.bin")
+    p = group.sync()
+    kept = kept_from(p.stderr)
+    assert "1 snapshot(s)" in p.stderr, p.stderr          # b.bin went over in this cycle
+    assert checksums("pve2", group.ds) == checksums("pve1", group.ds)
+    assert "./standby-only.txt" in checksums("pve2", kept)
+    assert zfs_get("pve2", "mounted", group.ds) == "no" and zfs_get("pve2", "written", group.ds) == "0"
+    # Later cycles keep nothing more: there is nothing more of pve2's own.
+    for i in range(2):
+        group.write(f"c{i}.bin")
+        p = group.sync()
+        assert "diverged" not in p.stderr, p.stderr
+    assert group.kept("pve2") == [kept]
+    assert checksums("pve2", group.ds) == checksums("pve1", group.ds)
+
+
+def test_the_live_copy_keeps_its_local_properties_after_a_divergence(group):
+    group.write("a.bin")
+    group.sync()
+    mnt = f"/srv/t{group.ctid}"
+    sh("pve2", ["zfs", "set", f"mountpoint={mnt}", "acltype=posixacl", "xattr=sa", "quota=1G",
+                "recordsize=64K", "com.example:tag=media", group.ds])
+    group.diverge("pve2", mnt=mnt)  # writes through the dataset's own mountpoint
+    group.write("b.bin")
+    group.sync()
+    for prop, value in (("mountpoint", mnt), ("acltype", "posix"), ("xattr", "sa"), ("quota", str(2**30)),
+                        ("recordsize", str(64 * 1024)), ("com.example:tag", "media")):
+        assert zfs_get("pve2", prop, group.ds) == value, prop
+        assert sh("pve2", ["zfs", "get", "-H", "-o", "source", prop, group.ds]).stdout.strip() == "local", prop
+    assert zfs_get("pve2", "readonly", group.ds) == "on" and zfs_get("pve2", "canmount", group.ds) == "noauto"
+
+
+def test_child_datasets_stay_with_the_live_copy_after_a_divergence(group):
+    group.write("a.bin")
+    group.sync()
+    sh("pve2", ["zfs", "create", "-o", "canmount=noauto", f"{group.ds}/child"])
+    assert zfs_get("pve2", "type", f"{group.ds}/child") == "filesystem"
+    group.diverge("pve2")
+    group.write("b.bin")
+    p = group.sync()
+    kept = kept_from(p.stderr)
+    assert zfs_get("pve2", "type", f"{group.ds}/child") == "filesystem"
+    assert sh("pve2", ["zfs", "list", f"{kept}/child"], check=False).returncode != 0
+
+
+@pytest.mark.parametrize("point", ["snapshotted", "cloned", "promoted", "renamed"])
+def test_a_divergence_killed_at_any_step_is_finished_by_the_next_cycle(group, point):
+    group.write("a.bin")
+    group.sync()
+    group.diverge("pve2")
+    base = snapshots("pve2", group.ds)[-1][1]
+    sh("pve2", ["zfs", "set", "readonly=on", group.ds])
+    code = ("from pvezfsha import divergence; "
+            f"divergence.keep_diverged({group.ds!r}, {int(base)}, 'pvezfsha', 'pve2')")
+    # Through a shell that reports how python ended (ssh itself says 255 for a signal).
+    killed = sh("pve2", ["sh", "-c", 'python3 -c "$0"; echo "rc=$?"', code],
+                env={"PVEZFSHA_FAULT": f"divergence.{point}", "PYTHONPATH": "/opt/pvezfsha"}, check=False)
+    assert "rc=137" in killed.stdout, killed.stdout + killed.stderr
+    group.write("b.bin")
+    p = group.sync()
+    assert "full" not in p.stderr, p.stderr                # never a resend of everything
+    assert checksums("pve2", group.ds) == checksums("pve1", group.ds)
+    kept = group.kept("pve2")
+    assert len(kept) == 1 and "./standby-only.txt" in checksums("pve2", kept[0])
+    assert not [d for d in group.datasets_on("pve2") if d.endswith("-swap")]
+
+
+def test_a_swap_interrupted_between_its_renames_is_finished_not_resent(group):
+    # The state a crash between the two renames leaves, made by hand.
+    group.write("a.bin", 4)
+    group.sync()
+    group.diverge("pve2")
+    ds, base = group.ds, snapshots("pve2", group.ds)[-1][0]
+    sh("pve2", ["zfs", "snapshot", f"{ds}@pvezfsha-diverged_20260101T000000Z"])
+    sh("pve2", ["zfs", "clone", "-o", "canmount=noauto", "-o", "readonly=on", base, f"{ds}-pvezfsha-swap"])
+    sh("pve2", ["zfs", "promote", f"{ds}-pvezfsha-swap"])
+    sh("pve2", ["zfs", "set", "readonly=on", "canmount=noauto", ds])
+    sh("pve2", ["zfs", "rename", "-u", ds, f"{ds}-pvezfsha-diverged-20260101T000000Z"])
+    group.write("b.bin")
+    p = group.sync()
+    assert "full" not in p.stderr and step_bytes(p.stderr)[0] < 3 * 2**20, p.stderr
+    assert checksums("pve2", ds) == checksums("pve1", ds)
+    assert not [d for d in group.datasets_on("pve2") if d.endswith("-swap")]
+
+
+# -- retention beside a kept divergence (item 2) ---------------------------------
+
+def test_retention_skips_the_origin_of_a_kept_divergence_and_the_cycle_succeeds(group):
+    group.write_config("pve1", defaults={"keep": 2})
+    group.write("a.bin")
+    group.sync()
+    group.diverge("pve2")
+    group.write("b.bin")
+    kept = kept_from(group.sync().stderr)
+    origin = zfs_get("pve2", "origin", kept)
+    warnings = 0
+    for i in range(4):
+        group.write(f"c{i}.bin")
+        p = group.sync()           # exit 0 every time
+        warnings += p.stderr.count("is kept past `keep`")
+    assert warnings == 1, "reported once, not every cycle"
+    assert origin in [n for n, _ in snapshots("pve2", group.ds)]
+    assert checksums("pve2", group.ds) == checksums("pve1", group.ds)
+    assert len([n for n, _ in snapshots("pve2", group.ds) if n != origin]) == 2
+
+
+# -- promotion and demotion never destroy writes (item 6) ------------------------
+
+def test_promotion_keeps_unsnapshotted_writes_on_a_read_only_dataset(group):
+    group.write("a.bin")
+    group.sync()
+    assert group.hook("pve1", "pre-start").returncode == 0
+    group.write("unsent.bin", 2)
+    before = sh("pve1", ["sha256sum", f"{group.mnt}/unsent.bin"]).stdout.split()[0]
+    # Made read-only by hand (or by an older pvezfsha), with no snapshot first.
+    sh("pve1", ["zfs", "unmount", group.ds])
+    sh("pve1", ["zfs", "set", "readonly=on", group.ds])
+    sh("pve1", ["zpool", "sync", "tank"])      # `written` shows synced txgs only
+    p = group.hook("pve1", "pre-start")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert sh("pve1", ["sha256sum", f"{group.mnt}/unsent.bin"]).stdout.split()[0] == before
+
+
+def test_demotion_snapshots_the_writes_it_freezes(group):
+    group.write("a.bin")
+    group.sync()
+    assert group.hook("pve1", "pre-start").returncode == 0
+    group.write("unsent.bin", 2)
+    n = len(snapshots("pve1", group.ds))
+    d = group.run("demote", "--force", str(group.ctid))
+    assert d.returncode == 0, d.stderr
+    assert len(snapshots("pve1", group.ds)) == n + 1
+    assert "./unsent.bin" in checksums("pve1", group.ds)
+    p = group.hook("pve1", "pre-start")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert sh("pve1", ["test", "-f", f"{group.mnt}/unsent.bin"], check=False).returncode == 0
+
+
+# -- the write probe (item 5) -----------------------------------------------------
+
+def test_the_write_probe_never_follows_a_symlink_in_the_share(group):
+    group.write("a.bin")
+    group.sync()
+    assert group.hook("pve1", "pre-start").returncode == 0
+    victim = f"/root/victim-{group.ctid}"
+    sh("pve1", f"echo host-file > {victim}")
+    for name in (".pvezfsha-write-check", ".pvezfsha-write-check-1"):
+        sh("pve1", ["ln", "-s", victim, f"{group.mnt}/{name}"])
+    try:
+        p = group.hook("pve1", "pre-start")
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert sh("pve1", ["cat", victim]).stdout == "host-file\n"
+    finally:
+        sh("pve1", ["rm", "-f", victim])
+
+
+def test_a_fifo_in_the_share_does_not_block_a_start(group):
+    group.write("a.bin")
+    group.sync()
+    assert group.hook("pve1", "pre-start").returncode == 0
+    sh("pve1", ["mkfifo", f"{group.mnt}/.pvezfsha-write-check"])
+    p = group.hook("pve1", "pre-start", timeout=60)
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
+# -- after a takeover, every member keeps its common snapshot (items 12, 3) ------
+
+def test_a_node_down_for_longer_than_keep_catches_up_without_a_false_divergence(group):
+    group.write_config("pve2", defaults={"keep": 3})
+    group.write("a.bin", 8)
+    group.sync()
+    assert group.hook("pve1", "pre-stop").returncode == 0
+    assert group.hook("pve1", "post-stop").returncode == 0
+    group.move("pve2")
+    p = group.hook("pve2", "pre-start")
+    assert p.returncode == 0 and "data-loss window: none" in p.stdout, p.stdout + p.stderr
+    # pve1 is down while pve2 runs more than `keep` changed cycles.
+    for i in range(5):
+        group.write(f"new{i}.bin", 1, node="pve2")
+        group.sync(node="pve2", expect=1, env=UNREACHABLE)
+    # pve1 is back.
+    p = group.sync(node="pve2")
+    assert "diverged" not in p.stderr and "full" not in p.stderr, p.stderr
+    assert sum(step_bytes(p.stderr)) < 7 * 2**20, "must not resend the 8 MiB"
+    assert group.kept("pve1") == []
+    assert checksums("pve1", group.ds) == checksums("pve2", group.ds)
