@@ -37,6 +37,10 @@ F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
 def ssh_argv(address: str, *, user: str = "root", port: int = 22, connect_timeout: float = 10,
              remote: tuple[str, ...] = ("pvezfsha", "receive")) -> list[str]:
+    if not address or address.startswith("-"):
+        # The address may come from .members as well as the config: never let
+        # it become an ssh option such as -oProxyCommand=.
+        raise TransportError(f"{address!r} is not a host name or address")
     ssh = os.environ.get("PVEZFSHA_SSH", "ssh")
     return [ssh, "-T", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={max(1, int(connect_timeout))}",
             "-o", "ServerAliveInterval=10", "-o", "ServerAliveCountMax=3",

@@ -109,3 +109,77 @@ def test_environment_variable_selects_the_file(tmp_path, monkeypatch):
     f.write_text(GOOD)
     monkeypatch.setenv("PVEZFSHA_CONFIG", str(f))
     assert config.load().path == str(f)
+
+
+# Names as OpenZFS's zfs_namecheck.c judges them: (name, accepted). The lab
+# test tests/lab/test_names.py checks the `tank/...` rows against `zfs create`.
+NAMES = [
+    ("tank/media", True),
+    ("tank/my data", True),                # a space is a valid character
+    ("tank/a_b-c:d.e", True),
+    ("tank/ lead and trail ", True),
+    ("tank/...", True),                    # only "." and ".." are reserved
+    ("tank/x" + "y" * 249, True),          # 255 characters: the longest name
+    ("tank/x" + "y" * 250, False),         # 256 with the NUL: too long
+    ("tank/media\n", False),
+    ("tank/a\tb", False),
+    ("tank/a@snap", False),
+    ("tank/a#mark", False),
+    ("tank/a%b", False),
+    ("tank/a;b", False),
+    ("tank/é", False),                     # isalnum in the C locale: ASCII only
+    ("tank//a", False),
+    ("tank/a/", False),
+    ("/tank/a", False),
+    ("tank/.", False),
+    ("tank/..", False),
+    ("tank/./a", False),
+    ("", False),
+    ("logs/a", True),
+    ("Tank", True),
+    ("1tank/a", False),                    # a pool name begins with a letter
+    ("_tank", False),
+    ("mirror/a", False),                   # reserved by zpool
+    ("raidz2/a", False),
+    ("draid1/a", False),
+    ("spare/a", False),
+    ("log/a", False),
+    ("c0t0d0/a", False),                   # looks like a Solaris disk
+    ("c/a", True),
+    ("p" * 239 + "/a", True),              # a pool name leaves room for $ORIGIN
+    ("p" * 240 + "/a", False),
+]
+
+
+@pytest.mark.parametrize("name,accepted", NAMES)
+def test_dataset_names_are_checked_as_zfs_checks_them(name, accepted):
+    if accepted:
+        assert config.check_dataset_name(name) == name
+    else:
+        with pytest.raises(ValueError, match="is not a ZFS dataset name"):
+            config.check_dataset_name(name)
+
+
+def test_dataset_with_a_space_in_its_name_is_configured():
+    cfg = config.parse("[[container]]\nctid=100\ndatasets=['tank/my data']\nnodes=['a','b']\n")
+    assert cfg.containers[100].datasets[0].name == "tank/my data"
+
+
+def test_dataset_name_with_a_trailing_newline_is_refused():
+    assert "datasets[0]" in error('[[container]]\nctid=100\ndatasets=["tank/a\\n"]\nnodes=["a","b"]\n')
+
+
+def test_node_name_with_a_trailing_newline_is_refused():
+    assert "is not a node name" in error('[[container]]\nctid=100\ndatasets=["tank/a"]\nnodes=["a","b\\n"]\n')
+
+
+def test_snapshot_prefix_with_a_trailing_newline_is_refused():
+    assert "snapshot_prefix" in error('[defaults]\nsnapshot_prefix = "zz\\n"\n')
+
+
+def test_address_that_would_be_an_ssh_option_is_refused():
+    assert "nodes.pve2.address" in error('[nodes.pve2]\naddress = "-vvv"\n')
+
+
+def test_address_with_a_trailing_newline_is_refused():
+    assert "nodes.pve2.address" in error('[nodes.pve2]\naddress = "10.0.0.2\\n"\n')
