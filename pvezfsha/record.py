@@ -133,6 +133,8 @@ class RecordStore:
             return None
         except OSError as e:
             raise RecordError(f"cannot read {self.path(ctid)}: {e.strerror}") from None
+        except UnicodeDecodeError as e:
+            raise RecordError(f"{self.path(ctid)} is damaged ({e}); fix or remove it by hand") from None
         try:
             return Record.from_json(text, ctid)
         except (ValueError, TypeError, RecursionError) as e:

@@ -120,3 +120,11 @@ def test_a_record_that_is_not_an_object_is_refused(tmp_path):
     store.path(103).write_text("[1, 2]")
     with pytest.raises(RecordError, match="damaged"):
         store.read(103)
+
+
+def test_a_record_that_is_not_utf8_is_damaged_not_a_traceback(tmp_path):
+    store = RecordStore(tmp_path)
+    store.dir.mkdir(parents=True)
+    store.path(103).write_bytes(b"\xff\xfe{}")
+    with pytest.raises(RecordError, match="damaged"):
+        store.read(103)
