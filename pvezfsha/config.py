@@ -106,6 +106,10 @@ def check_dataset_name(name: str) -> str:
     return name
 
 
+def check_snapshot_prefix(prefix: str) -> str:
+    return _match(prefix, _PREFIX, "a name of letters, digits and '-' (max 32)")
+
+
 @dataclass(frozen=True)
 class Options:
     """Replication options; [defaults] with per-container overrides."""

@@ -81,7 +81,7 @@ class Replicator:
         self.fence = {"ctid": ctid, "epoch": epoch}
 
     def remote_state(self, dataset: str) -> DatasetState:
-        return DatasetState.from_dict(self.session.request("state", dataset=dataset)["state"])
+        return DatasetState.from_dict(self.session.request("state", dataset=dataset, **self.fence)["state"])
 
     def plan(self, src_ds: str, source: DatasetState, dst_ds: str) -> tuple[Plan | Conflict, DatasetState]:
         target = self.remote_state(dst_ds)

@@ -20,6 +20,7 @@ import fcntl
 import json
 import os
 import select
+import shlex
 import subprocess
 import tempfile
 import threading
@@ -46,6 +47,13 @@ def ssh_argv(address: str, *, user: str = "root", port: int = 22, connect_timeou
             "-o", "ServerAliveInterval=10", "-o", "ServerAliveCountMax=3",
             "-o", "StrictHostKeyChecking=yes" if os.environ.get("PVEZFSHA_SSH_STRICT") else "LogLevel=ERROR",
             "-p", str(port), "-l", user, address, "--", *remote]
+
+
+def receive_command(config_path: str) -> tuple[str, ...]:
+    """The peer's `pvezfsha receive`, reading its own config from the path
+    ours has (as `transfer` does): it receives only what that config names.
+    ssh joins the words into a shell line, so each is quoted."""
+    return tuple(shlex.quote(w) for w in ("pvezfsha", "--config", config_path, "receive"))
 
 
 # -- framing, shared by both ends ----------------------------------------------
