@@ -21,14 +21,13 @@ base of the next incremental.
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import sys
 import threading
 import time
 from contextlib import ExitStack, contextmanager
-
-import math
 
 from pvezfsha import __version__, config, divergence, replica, zfs, zfscli
 from pvezfsha.cluster import Cluster
