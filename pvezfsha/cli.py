@@ -143,7 +143,7 @@ def _main(argv: list[str] | None) -> int:
     try:
         if args.command == "receive":
             from pvezfsha import receive
-            return receive.main()
+            return receive.main(args.config)
         if args.command == "hook":
             from pvezfsha import hook
             return hook.run(lambda: config.load(args.config), args.vmid, args.phase)

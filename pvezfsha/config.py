@@ -21,16 +21,24 @@ DEFAULT_PATH = "/etc/pvezfsha/pvezfsha.toml"
 # Options.raw) so it is not accepted here.
 SEND_FLAGS = ("large_blocks", "embedded_data", "compress")
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
+# Every pattern is applied with fullmatch: `$` would also match before a
+# trailing newline, so "pve2\n" would pass.
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*")
 _DURATION_UNITS = {None: 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.I)
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", re.I)
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-# ZFS component names, no snapshot or bookmark part, and nothing a shell or
-# ssh could interpret.
-_DATASET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*(/[A-Za-z0-9_.:-]+)*$")
-_PREFIX = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,31}$")
-_NODE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
-_ADDRESS = re.compile(r"^[A-Za-z0-9.:%\[\]-]+$")
+_PREFIX = re.compile(r"[A-Za-z][A-Za-z0-9-]{0,31}")
+_NODE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+# Never starting with '-': ssh would read it as an option.
+_ADDRESS = re.compile(r"[A-Za-z0-9.:%\[\]][A-Za-z0-9.:%\[\]-]*")
+
+# What OpenZFS accepts as a dataset name (zfs_namecheck.c): valid_char() is
+# isalnum in the C locale or one of "-_.: ", so a space is fine (names only
+# ever travel in argv lists and JSON, never through a shell).
+_COMPONENT = re.compile(r"[A-Za-z0-9_.: -]+")
+_MAX_NAME = 255                   # ZFS_MAX_DATASET_NAME_LEN is 256 with the NUL
+_MAX_POOL = 256 - 2 - 2 * len("$ORIGIN") - 1   # pool_namecheck leaves room for pool/$ORIGIN@$ORIGIN
+_RESERVED_POOL_PREFIXES = ("mirror", "raidz", "draid", "spare")   # zpool_name_valid; and "log"
 
 
 def parse_duration(text: str | int | float) -> float:
@@ -41,7 +49,7 @@ def parse_duration(text: str | int | float) -> float:
         if text < 0:
             raise ValueError("must not be negative")
         return float(text)
-    m = _DURATION.match(str(text))
+    m = _DURATION.fullmatch(str(text))
     if not m:
         raise ValueError(f"{text!r} is not a duration such as '30s', '10m' or '2h'")
     return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
@@ -57,16 +65,49 @@ def parse_rate(text: str | int) -> int:
         return text
     if str(text).strip() == "":
         return 0
-    m = _SIZE.match(str(text))
+    m = _SIZE.fullmatch(str(text))
     if not m:
         raise ValueError(f"{text!r} is not a rate such as '50M' (bytes per second)")
     return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
 
 
+def _dataset_problem(name) -> str | None:
+    if not isinstance(name, str) or not name:
+        return "empty" if name == "" else "not a string"
+    if len(name) > _MAX_NAME:
+        return f"longer than {_MAX_NAME} characters"
+    parts = name.split("/")
+    for part in parts:
+        if not part:
+            return "an empty component"
+        if part in (".", ".."):
+            return f"{part!r} is not a component"
+        if not _COMPONENT.fullmatch(part):
+            bad = next(c for c in part if not _COMPONENT.fullmatch(c))
+            what = {"@": " (a snapshot)", "#": " (a bookmark)"}.get(bad, "")
+            return f"{bad!r} is not allowed{what}"
+    pool = parts[0]
+    if not ("a" <= pool[0] <= "z" or "A" <= pool[0] <= "Z"):
+        return "a pool name begins with a letter"
+    if pool.startswith(_RESERVED_POOL_PREFIXES) or pool == "log":
+        return f"{pool!r} is a reserved pool name"
+    if pool[0] == "c" and len(pool) > 1 and pool[1].isdigit():
+        return f"{pool!r} is not a pool name (it looks like a disk)"
+    if len(pool) > _MAX_POOL:
+        return f"a pool name has at most {_MAX_POOL} characters"
+    return None
+
+
 def check_dataset_name(name: str) -> str:
-    if not isinstance(name, str) or not _DATASET.match(name) or len(name) > 200:
-        raise ValueError(f"{name!r} is not a ZFS dataset name such as 'tank/media'")
+    """The name, if OpenZFS would accept it for a filesystem; else ValueError."""
+    problem = _dataset_problem(name)
+    if problem:
+        raise ValueError(f"{name!r} is not a ZFS dataset name such as 'tank/media' ({problem})")
     return name
+
+
+def check_snapshot_prefix(prefix: str) -> str:
+    return _match(prefix, _PREFIX, "a name of letters, digits and '-' (max 32)")
 
 
 @dataclass(frozen=True)
@@ -163,7 +204,7 @@ def _positive(v: float) -> float:
 
 
 def _match(v, pattern, what):
-    if not isinstance(v, str) or not pattern.match(v):
+    if not isinstance(v, str) or not pattern.fullmatch(v):
         raise ValueError(f"{v!r} is not {what}")
     return v
 
@@ -236,7 +277,7 @@ def parse(text: str, path: str = "<config>") -> Config:
     except ValueError as e:
         raise ConfigError(f"{path}: defaults.interval: {e}") from None
     ssh_user = d.get("ssh_user", "root")
-    if not isinstance(ssh_user, str) or not _NODE.match(ssh_user):
+    if not isinstance(ssh_user, str) or not _NODE.fullmatch(ssh_user):
         raise ConfigError(f"{path}: defaults.ssh_user: {ssh_user!r} is not a user name")
     try:
         ssh_port = _int_range(d.get("ssh_port", 22), 1, 65535)
@@ -249,7 +290,7 @@ def parse(text: str, path: str = "<config>") -> Config:
         raise ConfigError(f"{path}: nodes: must be a table of [nodes.<name>]")
     for node, tab in nodes_tab.items():
         where = f"nodes.{node}"
-        if not _NODE.match(node):
+        if not _NODE.fullmatch(node):
             raise ConfigError(f"{path}: {where}: {node!r} is not a node name")
         if not isinstance(tab, dict):
             raise ConfigError(f"{path}: {where}: must be a table")
@@ -275,7 +316,7 @@ def parse(text: str, path: str = "<config>") -> Config:
         if not isinstance(nodes, list) or len(nodes) < 2:
             raise ConfigError(f"{path}: {where}.nodes: must list at least two nodes")
         for n in nodes:
-            if not isinstance(n, str) or not _NODE.match(n):
+            if not isinstance(n, str) or not _NODE.fullmatch(n):
                 raise ConfigError(f"{path}: {where}.nodes: {n!r} is not a node name")
         if len(set(nodes)) != len(nodes):
             raise ConfigError(f"{path}: {where}.nodes: a node is listed twice")

@@ -95,6 +95,11 @@ def keep_diverged(dataset: str, base_guid: int, prefix: str, node: str,
     return result
 
 
+def swap_pending(dataset: str, prefix: str) -> bool:
+    """A swap clone exists: a run that kept a divergence was killed midway."""
+    return zfs.exists(_tmp_name(dataset, prefix))
+
+
 def finish_interrupted(dataset: str, prefix: str, node: str, now: dt.datetime | None = None) -> dict | None:
     """Finish or undo a swap a killed run left half done; None if there was none.
 
@@ -103,7 +108,7 @@ def finish_interrupted(dataset: str, prefix: str, node: str, now: dt.datetime | 
     between the two renames must not look like an empty target.
     """
     tmp = _tmp_name(dataset, prefix)
-    if not zfs.exists(tmp):
+    if not swap_pending(dataset, prefix):
         return None
     now = now or dt.datetime.now(dt.timezone.utc)
     t = zfs.read_state(tmp)

@@ -27,6 +27,9 @@ from pvezfsha.config import Config, Container
 from pvezfsha.errors import PvezfshaError
 from pvezfsha.probe import SNIPPET, NodeFacts, Runner, probe_all, run_subprocess
 
+# Hints are commands to paste into a shell; a dataset name may hold a space.
+q = shlex.quote
+
 TIMER = "pvezfsha-sync.timer"
 MAX_SKEW = 5.0
 
@@ -241,17 +244,17 @@ def check_datasets(ctx: Context, ct: Container, pct: pctconf.CtConfig) -> list[R
             d = f.datasets.get(name)
             if d is None:
                 problems.append(f"{name} missing on {node}")
-                hints.append(f"on {node}: zfs create -p -o canmount=noauto -o readonly=on {name}")
+                hints.append(f"on {node}: zfs create -p -o canmount=noauto -o readonly=on {q(name)}")
                 continue
             if want is not None and d.mountpoint != want.mountpoint:
                 problems.append(f"{name} on {node} has mountpoint {d.mountpoint}, not {want.mountpoint}")
-                hints.append(f"on {node}: zfs set mountpoint={want.mountpoint} {name}")
+                hints.append(f"on {node}: zfs set {q('mountpoint=' + want.mountpoint)} {q(name)}")
             if node == primary and not d.mounted:
                 problems.append(f"{name} is not mounted on the primary {node}")
-                hints.append(f"on {node}: zfs mount {name} (the hook does this at pre-start)")
+                hints.append(f"on {node}: zfs mount {q(name)} (the hook does this at pre-start)")
             if node != primary and d.mounted:
                 problems.append(f"{name} is mounted on standby {node}")
-                hints.append(f"on {node}: zfs unmount {name}; zfs set canmount=noauto {name}")
+                hints.append(f"on {node}: zfs unmount {q(name)}; zfs set canmount=noauto {q(name)}")
         label = f"{ds.name}"
         if not problems:
             res.append(ok("datasets", f"{label}: on {', '.join(ct.nodes)}, same mountpoint, "

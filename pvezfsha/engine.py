@@ -99,7 +99,7 @@ class Replicator:
         self.fence = {"ctid": ctid, "epoch": epoch}
 
     def remote_state(self, dataset: str) -> DatasetState:
-        res = self.session.request("state", dataset=dataset, prefix=self.options.snapshot_prefix)
+        res = self.session.request("state", dataset=dataset, prefix=self.options.snapshot_prefix, **self.fence)
         return DatasetState.from_dict(res["state"])
 
     def plan(self, src_ds: str, source: DatasetState, dst_ds: str) -> tuple[Plan | Conflict, DatasetState]:

@@ -60,12 +60,12 @@ def map_mountpoints(ct: pctconf.CtConfig, facts: dict[str, NodeFacts]) -> tuple[
             other = f.datasets.get(ds.name)
             if other is None:
                 problems.append(f"{mp.key}: {ds.name} is missing on {node}; create it there with "
-                                f"`zfs create -p -o canmount=noauto -o readonly=on {ds.name}` "
+                                f"`zfs create -p -o canmount=noauto -o readonly=on {shlex.quote(ds.name)}` "
                                 f"(the first sync fills it)")
             elif other.mountpoint != ds.mountpoint:
                 problems.append(f"{mp.key}: {ds.name} has mountpoint {other.mountpoint} on {node} but "
-                                f"{ds.mountpoint} on {ct.node}; set `zfs set mountpoint={ds.mountpoint} "
-                                f"{ds.name}` on {node}")
+                                f"{ds.mountpoint} on {ct.node}; set `zfs set {shlex.quote('mountpoint=' + ds.mountpoint)} "
+                                f"{shlex.quote(ds.name)}` on {node}")
         maps.append(Mapping(mp, ds.name))
     return maps, problems, notes
 

@@ -34,9 +34,9 @@ HOOK_VOLID = "local:snippets/pvezfsha-hook"
 # pve-container's $valid_mount_option_re (discard and lazytime since PVE 7).
 MOUNT_OPTIONS = ("discard", "lazytime", "noatime", "nodev", "noexec", "nosuid")
 _BOOL_KEYS = ("acl", "backup", "keepattrs", "quota", "replicate", "ro", "shared")
-_SIZE = re.compile(r"^(\d+(?:\.\d+)?)([KMGT])?$")
+_SIZE = re.compile(r"^(\d+(?:\.\d+)?)([KMGT])?\Z")
 _SIZE_UNITS = {None: 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-_MP_KEY = re.compile(r"^mp(\d+)$")
+_MP_KEY = re.compile(r"^mp(\d+)\Z")
 _LINE = re.compile(r"^([a-z][a-z_]*\d*):\s*(.+?)\s*$")
 _SECTION = re.compile(r"^\[([a-z][a-z0-9_\-]+|pve:pending)\]\s*$", re.I)
 

@@ -66,12 +66,12 @@ class Peers:
 
     def holdings(self, node: str, ct: Container) -> dict[str, Holding]:
         """Keyed by the dataset's configured name, so nodes compare."""
-        argv = self._argv(node, ct, ("pvezfsha", "receive"))
+        argv = self._argv(node, ct, ("pvezfsha", "--config", self.cfg.path, "receive"))
         with Session(argv, node, stall_timeout=ct.options.ssh_connect_timeout * 3,
                      reply_timeout=ct.options.ssh_connect_timeout * 3) as s:
             out = {}
             for ds in ct.datasets:
-                st = DatasetState.from_dict(s.request("state", dataset=ds.on(node))["state"])
+                st = DatasetState.from_dict(s.request("state", dataset=ds.on(node), ctid=ct.ctid)["state"])
                 out[ds.name] = Holding.of(st)
             return out
 

@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from pvezfsha.errors import TransportError
 from pvezfsha.transport import ssh_argv
 
 SNIPPET = "/var/lib/vz/snippets/pvezfsha-hook"
@@ -103,8 +104,11 @@ def probe(node: str, address: str | None, *, local: bool, runner: Runner = run_s
     if local:
         argv = ["sh", "-c", SCRIPT]
     else:
-        argv = ssh_argv(address or node, user=user, port=port, connect_timeout=min(timeout, 5),
-                        remote=("sh", "-c", shlex.quote(SCRIPT)))
+        try:
+            argv = ssh_argv(address or node, user=user, port=port, connect_timeout=min(timeout, 5),
+                            remote=("sh", "-c", shlex.quote(SCRIPT)))
+        except TransportError as e:
+            return NodeFacts(node, local, reachable=False, error=str(e))
     t0 = time.time()
     rc, out, err = runner(argv, timeout)
     t1 = time.time()

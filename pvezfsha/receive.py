@@ -5,6 +5,13 @@ Everything it does goes through libzfs_core; the stream of a `receive`
 request is read by the kernel straight from fd 0. Logs go to stderr, which
 ssh carries back to the sender.
 
+The receiver does not trust the sender: it takes only what its own config
+says it receives (a configured container that lists this node, and one of
+that container's datasets as named here), never changes the dataset of a
+node the cluster record names primary, honours `force` only where the
+planner would (a full stream onto an empty placeholder, checked here), and
+refuses a malformed request with one line.
+
 The standby stays inert: streams are received unmounted, the dataset is
 kept readonly=on and canmount=noauto, and the last received snapshot carries
 a hold, so a mistaken forced receive or a pruning tool cannot take away the
@@ -14,6 +21,7 @@ base of the next incremental.
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import sys
@@ -21,11 +29,12 @@ import threading
 import time
 from contextlib import ExitStack, contextmanager
 
-from pvezfsha import __version__, divergence, replica, zfs, zfscli
+from pvezfsha import __version__, config, divergence, replica, zfs, zfscli
 from pvezfsha.cluster import Cluster
-from pvezfsha.config import check_dataset_name
+from pvezfsha.config import Config, check_dataset_name
 from pvezfsha.errors import PvezfshaError, ZfsError
 from pvezfsha.log import logger
+from pvezfsha.planner import EMPTY_PLACEHOLDER_BYTES
 from pvezfsha.record import RecordStore
 from pvezfsha.replica import INERT
 from pvezfsha.state import Locked, dataset_lock
@@ -74,8 +83,39 @@ def stall_guard(seconds: float, what: str):
         done.set()
 
 
+def _bad(message: str) -> ZfsError:
+    return ZfsError(message, kind="BadRequest")
+
+
+def _uint(req: dict, key: str, *, default: int | None = None) -> int:
+    """A non-negative integer below 2**64 (ctid, epoch, guid); absent means `default`."""
+    v = req.get(key)
+    if v is None and default is not None:
+        return default
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 1 << 64:
+        raise _bad(f"{key}: {v!r} is not a non-negative integer")
+    return v
+
+
+def _flag(req: dict, key: str) -> bool:
+    v = req.get(key, False)
+    if not isinstance(v, bool):
+        raise _bad(f"{key}: {v!r} is not true or false")
+    return v
+
+
+def _seconds(req: dict, key: str, default: float) -> float:
+    v = req.get(key)
+    if v is None:
+        return default
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not 0 < v <= 1 << 31:
+        raise _bad(f"{key}: {v!r} is not a number of seconds")
+    return float(v)
+
+
 class Server:
-    def __init__(self, in_fd: int = 0, out_fd: int = 1):
+    def __init__(self, cfg: Config, in_fd: int = 0, out_fd: int = 1):
+        self.cfg = cfg
         self.in_fd, self.out_fd = in_fd, out_fd
         self.locks = ExitStack()
         self.locked: set[str] = set()
@@ -84,8 +124,11 @@ class Server:
         self.store = RecordStore(cluster.root)
 
     def _lock(self, dataset: str) -> None:
-        # Held for the rest of the session: a local run must not touch a
-        # dataset between our state read and the receive that follows.
+        # Only for changes, held for the rest of the session: a local run
+        # must not touch the dataset while we change it. Each changing op
+        # re-reads what it acts on after taking the lock (the fence, the
+        # force check, guids), so the state the sender planned from may be
+        # read without it: a survivor busy receiving still answers a read.
         if dataset not in self.locked:
             try:
                 self.locks.enter_context(dataset_lock(dataset, "receive"))
@@ -101,15 +144,36 @@ class Server:
         except ValueError as e:
             raise ZfsError(str(e), kind="BadRequest") from None
 
+    def _configured(self, req: dict, dataset: str) -> int:
+        """The request's ctid, if this node's config receives `dataset` for it."""
+        if req.get("ctid") is None:
+            raise ZfsError(f"a request for {dataset} names no container (ctid); refusing it", kind="NotConfigured")
+        ctid = _uint(req, "ctid")
+        ct = self.cfg.container(ctid)
+        if ct is None:
+            raise ZfsError(f"CT {ctid} is not configured in {self.cfg.path} on {self.node}", kind="NotConfigured")
+        if self.node not in ct.nodes:
+            raise ZfsError(f"CT {ctid}: {self.node} is not one of its nodes ({', '.join(ct.nodes)}) in "
+                           f"{self.cfg.path}", kind="NotConfigured")
+        if dataset not in (ds.on(self.node) for ds in ct.datasets):
+            raise ZfsError(f"{dataset} is not a dataset of CT {ctid} on {self.node} in {self.cfg.path}",
+                           kind="NotConfigured")
+        return ctid
+
     def _fence(self, req: dict, dataset: str) -> None:
-        """Refuse a sender that is behind a takeover we know of, and make sure
-        our own copy is inert before it changes (a node that is no longer
-        primary demotes itself before anything else)."""
-        ctid, epoch = req.get("ctid") or 0, int(req.get("epoch") or 0)
-        rec = self.store.read(int(ctid)) if ctid else None
+        """Refuse a sender that is behind a takeover we know of, or that
+        pushes into the primary (this node, if the record names it at the
+        sender's epoch or later), and make sure our own copy is inert before
+        it changes (a node that is no longer primary demotes itself before
+        anything else)."""
+        ctid, epoch = self._configured(req, dataset), _uint(req, "epoch")
+        rec = self.store.read(ctid)
         if rec is not None and epoch < rec.epoch:
             raise ZfsError(f"refusing a sender at epoch {epoch}: CT {ctid} is at epoch {rec.epoch} "
                            f"with primary {rec.primary}", kind="StaleEpoch")
+        if rec is not None and rec.primary == self.node and rec.epoch >= epoch:
+            raise ZfsError(f"refusing to change {dataset}: {self.node} is primary for CT {ctid} at epoch "
+                           f"{rec.epoch} (the sender is at epoch {epoch})", kind="Primary")
         st = zfs.quick_state(dataset)    # constant cost: this runs for every receive and finish
         if replica.epoch_of(st) > epoch:
             raise ZfsError(f"refusing a sender at epoch {epoch}: {dataset} here was promoted at epoch "
@@ -126,26 +190,55 @@ class Server:
         return {"node": self.node, "version": __version__}
 
     def op_state(self, req: dict) -> dict:
+        # A read: no lock (see _lock).
         ds = self._dataset(req)
-        self._lock(ds)
-        # A swap a killed run left half done would show D missing or split.
-        divergence.finish_interrupted(ds, str(req.get("prefix") or "pvezfsha"), self.node)
+        self._configured(req, ds)
+        prefix = str(req.get("prefix") or "pvezfsha")
+        if divergence.swap_pending(ds, prefix):
+            # A swap a killed run left half done would show D missing or
+            # split: finish it first, unless another run holds the dataset.
+            try:
+                self._lock(ds)
+            except ZfsError:
+                pass
+            else:
+                divergence.finish_interrupted(ds, prefix, self.node)
         return {"state": zfs.read_state(ds).to_dict()}
+
+    def _check_force(self, req: dict, snap: str, ds: str) -> None:
+        """`force` replaces what is there: only a full stream onto an empty
+        placeholder, as the planner decides, judged again here. An
+        incremental stream needs a snapshot here, so a dataset without
+        snapshots also means the stream is full."""
+        if req.get("from") is not None:
+            raise ZfsError(f"{snap}: refusing a forced receive that is not a full stream", kind="Refused")
+        st = zfs.read_state(ds)
+        if st.exists and (st.snapshots or st.referenced > EMPTY_PLACEHOLDER_BYTES):
+            raise ZfsError(f"{snap}: refusing a forced receive: {ds} holds data ({len(st.snapshots)} snapshot(s), "
+                           f"{st.referenced} bytes referenced), not an empty placeholder", kind="Refused")
 
     def op_receive(self, req: dict) -> dict:
         snap = req.get("snapshot", "")
+        if not isinstance(snap, str):
+            raise _bad(f"{snap!r} is not a snapshot name")
         ds, _, short = snap.partition("@")
         self._dataset({"dataset": ds})
         if not short:
-            raise ZfsError(f"{snap!r} is not a snapshot name", kind="BadRequest")
+            raise _bad(f"{snap!r} is not a snapshot name")
+        guid, force, raw = _uint(req, "guid"), _flag(req, "force"), _flag(req, "raw")
+        stall = _seconds(req, "stall", 300.0)
+        self._configured(req, ds)
+        _uint(req, "epoch")
         self._lock(ds)
         self._fence(req, ds)
-        with stall_guard(float(req.get("stall") or 300), snap):
-            zfs.receive(snap, self.in_fd, force=bool(req.get("force")), raw=bool(req.get("raw")))
+        if force:
+            self._check_force(req, snap, ds)
+        with stall_guard(stall, snap):
+            zfs.receive(snap, self.in_fd, force=force, raw=raw)
         # Identity is the guid: confirm it, at constant cost (no full listing).
         q = zfs.quick_state(ds, [short])
-        if q.guids.get(short) != req.get("guid"):
-            raise ZfsError(f"{snap}: received snapshot has guid {q.guids.get(short)}, expected {req.get('guid')}",
+        if q.guids.get(short) != guid:
+            raise ZfsError(f"{snap}: received snapshot has guid {q.guids.get(short)}, expected {guid}",
                            kind="GuidMismatch")
         if not q.readonly or q.canmount != "noauto":
             zfscli.set_props(ds, INERT)
@@ -155,24 +248,36 @@ class Server:
         """After a dataset's steps: move the last-received hold to `hold`,
         and prune the snapshots named by the sender, each checked by guid."""
         ds = self._dataset(req)
+        self._configured(req, ds)
+        _uint(req, "epoch")
+        destroy, release, hold = req.get("destroy", []), req.get("release", []), req.get("hold")
+        if not isinstance(destroy, list) or not all(isinstance(d, dict) and isinstance(d.get("name"), str)
+                                                    for d in destroy):
+            raise _bad("destroy: not a list of {name, guid}")
+        doomed = {d["name"]: _uint(d, "guid") for d in destroy}
+        if not isinstance(release, list) or not all(isinstance(n, str) for n in release):
+            raise _bad("release: not a list of snapshot names")
+        if hold is not None and not isinstance(hold, str):
+            raise _bad(f"hold: {hold!r} is not a snapshot name")
+        held = _flag(req, "held")
         self._lock(ds)
         self._fence(req, ds)
-        doomed = {d["name"]: d["guid"] for d in req.get("destroy", [])}
-        hold = req.get("hold")
         q = zfs.quick_state(ds, [*doomed, *([hold] if hold else [])])
         if hold:
             if q.guids.get(hold) is None:
                 raise ZfsError(f"{ds}@{hold} does not exist", kind="SnapshotNotFound")
-            if not req.get("held"):
+            if not held:
                 # Take the new hold before dropping the old ones.
                 zfs.hold({f"{ds}@{hold}": HOLD_LAST})
-            zfs.release({f"{ds}@{n}": [HOLD_LAST] for n in req.get("release", []) if n != hold})
+            zfs.release({f"{ds}@{n}": [HOLD_LAST] for n in release if n != hold})
         names = [f"{ds}@{n}" for n, g in doomed.items() if q.guids.get(n) == g and n != hold]
         zfs.destroy_snapshots(names)
         return {"destroyed": len(names)}
 
     def op_abort_resume(self, req: dict) -> dict:
         ds = self._dataset(req)
+        self._configured(req, ds)
+        _uint(req, "epoch")
         self._lock(ds)
         self._fence(req, ds)
         zfs.abort_receive(ds)
@@ -181,10 +286,33 @@ class Server:
 
     def op_keep_diverged(self, req: dict) -> dict:
         ds = self._dataset(req)
+        self._configured(req, ds)
+        _uint(req, "epoch")
+        base_guid = _uint(req, "base_guid")
+        try:
+            prefix = config.check_snapshot_prefix(req.get("prefix"))
+        except ValueError as e:
+            raise _bad(f"prefix: {e}") from None
         self._lock(ds)
         self._fence(req, ds)
-        result = divergence.keep_diverged(ds, int(req["base_guid"]), req["prefix"], self.node)
+        result = divergence.keep_diverged(ds, base_guid, prefix, self.node)
         return {**result, "state": zfs.read_state(ds).to_dict()}
+
+    def handle(self, req) -> dict:
+        """One request's reply: {"ok": True, ...}, or ok False with a one-line error."""
+        try:
+            if not isinstance(req, dict):
+                raise _bad("a request must be a JSON object")
+            op = req.get("op", "")
+            handler = getattr(self, f"op_{op}", None) if isinstance(op, str) else None
+            if handler is None:
+                raise _bad(f"unknown request {op!r}")
+            return {"ok": True, **handler(req)}
+        except (PvezfshaError, ValueError, KeyError, TypeError) as e:
+            kind = getattr(e, "kind", "") or type(e).__name__
+            logger.error(f"receive: {e}")
+            return {"ok": False, "error": " ".join(str(e).split()), "kind": kind,
+                    "errno": getattr(e, "errno", 0) or 0}
 
     def serve(self) -> int:
         try:
@@ -192,36 +320,27 @@ class Server:
                 line = read_line(self.in_fd)
                 if line is None:
                     return 0
-                req: dict = {}
                 try:
                     req = json.loads(line)
-                    if not isinstance(req, dict):
-                        raise ValueError("a request must be a JSON object")
-                    op = req.get("op", "")
-                    handler = getattr(self, f"op_{op}", None)
-                    if handler is None:
-                        raise ZfsError(f"unknown request {op!r}", kind="BadRequest")
-                    reply = {"ok": True, **handler(req)}
-                except (PvezfshaError, ValueError, KeyError, TypeError) as e:
-                    kind = getattr(e, "kind", "") or type(e).__name__
-                    logger.error(f"receive: {e}")
-                    write_json(self.out_fd, {"ok": False, "error": str(e), "kind": kind,
-                                             "errno": getattr(e, "errno", 0) or 0})
-                    # After a failed receive the rest of its stream is still in
-                    # the pipe; ending the session is the only clean way out.
-                    if req.get("op") == "receive":
-                        return 1
-                    continue
+                except (ValueError, RecursionError) as e:
+                    req = e
+                reply = self.handle(req) if not isinstance(req, Exception) else \
+                    {"ok": False, "error": f"not a JSON request: {req}", "kind": "BadRequest", "errno": 0}
                 write_json(self.out_fd, reply)
+                # After a failed receive the rest of its stream is still in
+                # the pipe; ending the session is the only clean way out.
+                if not reply["ok"] and (not isinstance(req, dict) or req.get("op") == "receive"):
+                    return 1
         except BrokenPipeError:
             return 1
         finally:
             self.locks.close()
 
 
-def main() -> int:
+def main(config_path: str | None = None) -> int:
     if os.isatty(0):
         print("pvezfsha receive: the receiving end of `pvezfsha sync`, run over ssh; "
               "not for interactive use", file=sys.stderr)
         return 2
-    return Server().serve()
+    # This node's own config says what it receives; a bad one is a ConfigError line.
+    return Server(config.load(config_path)).serve()

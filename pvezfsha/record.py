@@ -14,6 +14,7 @@ read-modify-write is serialised by pmxcfs's own cluster lock, an atomic
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from contextlib import contextmanager
@@ -53,10 +54,67 @@ class Record:
         return json.dumps(asdict(self), indent=1, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "Record":
+    def from_json(cls, text: str, ctid: int | None = None) -> "Record":
+        """Parse and check every field; ValueError names the field. With
+        `ctid`, the record must be that container's: a copied or edited file
+        would otherwise have the fence write another container's record."""
         d = json.loads(text)
-        reps = {node: {ds: Replica(**r) for ds, r in per.items()} for node, per in d.pop("replicas", {}).items()}
-        return cls(**d, replicas=reps)
+        if not isinstance(d, dict):
+            raise ValueError("not a JSON object")
+        _known(d, ("ctid", "primary", "epoch", "changed", "changed_by", "reason", "replicas"), "")
+        if "ctid" not in d:
+            raise ValueError("ctid: missing")
+        rec_ctid = _int(d["ctid"], "ctid")
+        if ctid is not None and rec_ctid != ctid:
+            raise ValueError(f"ctid: {rec_ctid}, but the file is container {ctid}'s")
+        primary = d.get("primary")
+        if primary is not None and not isinstance(primary, str):
+            raise ValueError(f"primary: {primary!r} is not a node name or null")
+        reps_in = d.get("replicas", {})
+        if not isinstance(reps_in, dict):
+            raise ValueError(f"replicas: {reps_in!r} is not an object of node -> dataset -> replica")
+        reps: dict[str, dict[str, Replica]] = {}
+        for node, per in reps_in.items():
+            if not isinstance(per, dict):
+                raise ValueError(f"replicas.{node}: {per!r} is not an object of dataset -> replica")
+            reps[node] = {ds: _replica(r, f"replicas.{node}.{ds}") for ds, r in per.items()}
+        return cls(rec_ctid, primary, _int(d.get("epoch", 0), "epoch"), _number(d.get("changed", 0.0), "changed"),
+                   _str(d.get("changed_by", ""), "changed_by"), _str(d.get("reason", ""), "reason"), reps)
+
+
+def _known(d: dict, keys: tuple[str, ...], where: str) -> None:
+    for key in d:
+        if key not in keys:
+            raise ValueError(f"{where}{key}: unknown field")
+
+
+def _int(v, where: str, limit: int = 1 << 64) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < limit:
+        raise ValueError(f"{where}: {v!r} is not a non-negative integer")
+    return v
+
+
+def _number(v, where: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise ValueError(f"{where}: {v!r} is not a number")
+    return v
+
+
+def _str(v, where: str) -> str:
+    if not isinstance(v, str):
+        raise ValueError(f"{where}: {v!r} is not a string")
+    return v
+
+
+def _replica(r, where: str) -> Replica:
+    if not isinstance(r, dict):
+        raise ValueError(f"{where}: {r!r} is not an object {{guid, snapshot, created, in_sync_at}}")
+    _known(r, ("guid", "snapshot", "created", "in_sync_at"), f"{where}.")
+    for key in ("guid", "snapshot", "created"):
+        if key not in r:
+            raise ValueError(f"{where}.{key}: missing")
+    return Replica(_int(r["guid"], f"{where}.guid"), _str(r["snapshot"], f"{where}.snapshot"),
+                   _number(r["created"], f"{where}.created"), _number(r.get("in_sync_at", 0), f"{where}.in_sync_at"))
 
 
 class RecordStore:
@@ -75,9 +133,11 @@ class RecordStore:
             return None
         except OSError as e:
             raise RecordError(f"cannot read {self.path(ctid)}: {e.strerror}") from None
+        except UnicodeDecodeError as e:
+            raise RecordError(f"{self.path(ctid)} is damaged ({e}); fix or remove it by hand") from None
         try:
-            return Record.from_json(text)
-        except (ValueError, TypeError) as e:
+            return Record.from_json(text, ctid)
+        except (ValueError, TypeError, RecursionError) as e:
             raise RecordError(f"{self.path(ctid)} is damaged ({e}); fix or remove it by hand") from None
 
     def write(self, record: Record) -> None:

@@ -9,6 +9,7 @@ the local replica's newest snapshot is shown.
 from __future__ import annotations
 
 import json
+import shlex
 import time
 
 from pvezfsha import zfs
@@ -111,12 +112,15 @@ def diverged(cfg: Config, ctids: list[int], cluster: Cluster | None = None) -> i
             for kept, info in kept_for(name).items():
                 any_found = True
                 mnt = "/mnt/" + kept.replace("/", "_")
+                # Commands to paste into a shell: a dataset name may hold a space.
+                k, m = shlex.quote(kept), shlex.quote(mnt)
                 print(f"CT {ct.ctid}  {name} on {local}: diverged data kept as {kept}\n"
                       f"    {info}\n"
-                      f"    look at it:   zfs set mountpoint={mnt} {kept} && zfs mount {kept}   (read-only)\n"
-                      f"    its snapshots: zfs list -t snapshot -r {kept}\n"
-                      f"    bring files back: copy them from {mnt} into the container's data on the primary\n"
-                      f"    when done:    zfs destroy -r {kept}   (pvezfsha never deletes it)")
+                      f"    look at it:   zfs set {shlex.quote('mountpoint=' + mnt)} {k} && zfs mount {k}   "
+                      f"(read-only)\n"
+                      f"    its snapshots: zfs list -t snapshot -r {k}\n"
+                      f"    bring files back: copy them from {m} into the container's data on the primary\n"
+                      f"    when done:    zfs destroy -r {k}   (pvezfsha never deletes it)")
     if not any_found:
         print(f"no diverged data kept on {local}")
     return 0

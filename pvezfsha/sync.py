@@ -33,7 +33,7 @@ from pvezfsha.planner import Conflict, kept_for_clones, plan_prune
 from pvezfsha.record import Record, RecordError, RecordStore, Replica
 from pvezfsha.role import role_of
 from pvezfsha.state import Locked, dataset_lock, first_time, run_dir
-from pvezfsha.transport import Session, ssh_argv
+from pvezfsha.transport import Session, receive_command, ssh_argv
 from pvezfsha.versions import (HOLD_STEP, DatasetState, Version, cursor_guid, cursor_node, is_replication_snapshot,
                                newest_replication, snapshot_name, step_hold)
 
@@ -251,7 +251,8 @@ def in_sync(state: DatasetState, prefix: str, peer: str) -> bool:
 def open_session(ctx: SyncContext, ct: Container, peer: str, *, wait: bool = True) -> Session:
     opts = ct.options
     address = ctx.cluster.address(peer, ctx.cfg.addresses)
-    argv = ssh_argv(address, user=ctx.cfg.ssh_user, port=ctx.cfg.ssh_port, connect_timeout=opts.ssh_connect_timeout)
+    argv = ssh_argv(address, user=ctx.cfg.ssh_user, port=ctx.cfg.ssh_port, connect_timeout=opts.ssh_connect_timeout,
+                    remote=receive_command(ctx.cfg.path))
     return Session(argv, peer, stall_timeout=opts.stall_timeout, wait=wait)
 
 

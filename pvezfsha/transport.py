@@ -20,6 +20,7 @@ import fcntl
 import json
 import os
 import select
+import shlex
 import subprocess
 import tempfile
 import threading
@@ -37,11 +38,22 @@ F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
 def ssh_argv(address: str, *, user: str = "root", port: int = 22, connect_timeout: float = 10,
              remote: tuple[str, ...] = ("pvezfsha", "receive")) -> list[str]:
+    if not address or address.startswith("-"):
+        # The address may come from .members as well as the config: never let
+        # it become an ssh option such as -oProxyCommand=.
+        raise TransportError(f"{address!r} is not a host name or address")
     ssh = os.environ.get("PVEZFSHA_SSH", "ssh")
     return [ssh, "-T", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={max(1, int(connect_timeout))}",
             "-o", "ServerAliveInterval=10", "-o", "ServerAliveCountMax=3",
             "-o", "StrictHostKeyChecking=yes" if os.environ.get("PVEZFSHA_SSH_STRICT") else "LogLevel=ERROR",
             "-p", str(port), "-l", user, address, "--", *remote]
+
+
+def receive_command(config_path: str) -> tuple[str, ...]:
+    """The peer's `pvezfsha receive`, reading its own config from the path
+    ours has (as `transfer` does): it receives only what that config names.
+    ssh joins the words into a shell line, so each is quoted."""
+    return tuple(shlex.quote(w) for w in ("pvezfsha", "--config", config_path, "receive"))
 
 
 # -- framing, shared by both ends ----------------------------------------------

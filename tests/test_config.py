@@ -5,6 +5,7 @@ import pytest
 
 from pvezfsha import config
 from pvezfsha.errors import ConfigError
+from zfsnames import NAMES
 
 GOOD = """
 [defaults]
@@ -109,3 +110,37 @@ def test_environment_variable_selects_the_file(tmp_path, monkeypatch):
     f.write_text(GOOD)
     monkeypatch.setenv("PVEZFSHA_CONFIG", str(f))
     assert config.load().path == str(f)
+
+
+@pytest.mark.parametrize("name,accepted", NAMES)
+def test_dataset_names_are_checked_as_zfs_checks_them(name, accepted):
+    if accepted:
+        assert config.check_dataset_name(name) == name
+    else:
+        with pytest.raises(ValueError, match="is not a ZFS dataset name"):
+            config.check_dataset_name(name)
+
+
+def test_dataset_with_a_space_in_its_name_is_configured():
+    cfg = config.parse("[[container]]\nctid=100\ndatasets=['tank/my data']\nnodes=['a','b']\n")
+    assert cfg.containers[100].datasets[0].name == "tank/my data"
+
+
+def test_dataset_name_with_a_trailing_newline_is_refused():
+    assert "datasets[0]" in error('[[container]]\nctid=100\ndatasets=["tank/a\\n"]\nnodes=["a","b"]\n')
+
+
+def test_node_name_with_a_trailing_newline_is_refused():
+    assert "is not a node name" in error('[[container]]\nctid=100\ndatasets=["tank/a"]\nnodes=["a","b\\n"]\n')
+
+
+def test_snapshot_prefix_with_a_trailing_newline_is_refused():
+    assert "snapshot_prefix" in error('[defaults]\nsnapshot_prefix = "zz\\n"\n')
+
+
+def test_address_that_would_be_an_ssh_option_is_refused():
+    assert "nodes.pve2.address" in error('[nodes.pve2]\naddress = "-vvv"\n')
+
+
+def test_address_with_a_trailing_newline_is_refused():
+    assert "nodes.pve2.address" in error('[nodes.pve2]\naddress = "10.0.0.2\\n"\n')

@@ -187,6 +187,13 @@ def test_dataset_with_another_mountpoint_on_a_node_fails(s):
     assert st == {"FAIL"} and "zfs set mountpoint=/tank/media tank/media" in rs[0].hint
 
 
+def test_hint_for_a_dataset_with_a_space_in_its_name_is_quoted_for_the_shell(s):
+    s.toml = s.toml.replace('"tank/media"', '"tank/my media"')
+    s.nodes["pve1"]["datasets"]["tank/my media"] = ("/tank/my media", True)
+    st, rs = s.status("datasets")
+    assert st == {"FAIL"} and "zfs create -p -o canmount=noauto -o readonly=on 'tank/my media'" in rs[0].hint
+
+
 def test_dataset_mounted_on_a_standby_fails(s):
     s.nodes["pve2"]["datasets"]["tank/media"] = ("/tank/media", True)
     st, rs = s.status("datasets")

@@ -46,3 +46,9 @@ def test_the_real_script_runs_under_sh(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
     f = probe.probe("me", None, local=True, timeout=10)
     assert f.reachable and f.snippet in ("ok", "missing", "notexec") and f.zfs_error
+
+
+def test_a_node_whose_address_is_an_ssh_option_is_unreachable_not_a_crash():
+    calls = []
+    facts = probe.probe("pve2", "-oProxyCommand=x", local=False, runner=lambda argv, t: calls.append(argv))
+    assert not facts.reachable and "not a host name" in facts.error and calls == []

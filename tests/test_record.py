@@ -61,3 +61,70 @@ def test_lock_older_than_its_lifetime_is_taken_over(tmp_path):
     os.utime(store.lock_dir / "pvezfsha-103", (old, old))
     with store.locked(103, timeout=0.1):
         pass
+
+
+GOOD = {"ctid": 103, "primary": "pve1", "epoch": 2, "changed": 1.5, "changed_by": "pve1", "reason": "planned",
+        "replicas": {"pve2": {"tank/a": {"guid": 7, "snapshot": "s", "created": 1, "in_sync_at": 2.5}}}}
+
+
+def damaged(tmp_path, **change):
+    import json
+    store = RecordStore(tmp_path)
+    store.dir.mkdir(parents=True, exist_ok=True)
+    store.path(103).write_text(json.dumps({**GOOD, **change}))
+    with pytest.raises(RecordError) as e:
+        store.read(103)
+    msg = str(e.value)
+    assert str(store.path(103)) in msg and "\n" not in msg
+    return msg
+
+
+def test_a_valid_record_file_is_read(tmp_path):
+    import json
+    store = RecordStore(tmp_path)
+    store.dir.mkdir(parents=True)
+    store.path(103).write_text(json.dumps(GOOD))
+    rec = store.read(103)
+    assert rec.epoch == 2 and rec.replicas["pve2"]["tank/a"] == Replica(7, "s", 1, 2.5)
+
+
+def test_a_record_naming_another_container_is_refused(tmp_path):
+    assert "ctid" in damaged(tmp_path, ctid=104)
+
+
+@pytest.mark.parametrize("field,value", [
+    ("ctid", "103"), ("ctid", True), ("primary", 5), ("epoch", None), ("epoch", -1), ("epoch", 1.5),
+    ("epoch", "3"), ("epoch", True), ("changed", "now"), ("changed_by", None), ("reason", 3),
+    ("replicas", None), ("replicas", []), ("replicas", {"pve2": None}), ("replicas", {"pve2": {"tank/a": 5}}),
+])
+def test_a_field_of_the_wrong_type_is_refused_naming_the_field(tmp_path, field, value):
+    assert field in damaged(tmp_path, **{field: value})
+
+
+@pytest.mark.parametrize("key,value", [("guid", "7"), ("guid", None), ("guid", -1), ("snapshot", 1),
+                                       ("created", None), ("in_sync_at", "x")])
+def test_a_replica_of_the_wrong_type_is_refused_naming_it(tmp_path, key, value):
+    reps = {"pve2": {"tank/a": {**GOOD["replicas"]["pve2"]["tank/a"], key: value}}}
+    assert f"replicas.pve2.tank/a.{key}" in damaged(tmp_path, replicas=reps)
+
+
+def test_a_replica_with_a_missing_or_unknown_key_is_refused(tmp_path):
+    assert "guid" in damaged(tmp_path, replicas={"pve2": {"tank/a": {"snapshot": "s", "created": 1}}})
+    assert "colour" in damaged(tmp_path, replicas={"pve2": {"tank/a": {**GOOD["replicas"]["pve2"]["tank/a"],
+                                                                       "colour": 1}}})
+
+
+def test_a_record_that_is_not_an_object_is_refused(tmp_path):
+    store = RecordStore(tmp_path)
+    store.dir.mkdir(parents=True)
+    store.path(103).write_text("[1, 2]")
+    with pytest.raises(RecordError, match="damaged"):
+        store.read(103)
+
+
+def test_a_record_that_is_not_utf8_is_damaged_not_a_traceback(tmp_path):
+    store = RecordStore(tmp_path)
+    store.dir.mkdir(parents=True)
+    store.path(103).write_bytes(b"\xff\xfe{}")
+    with pytest.raises(RecordError, match="damaged"):
+        store.read(103)

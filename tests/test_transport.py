@@ -132,3 +132,11 @@ def test_silent_peer_times_out_and_is_killed(peer):
     with pytest.raises(TransportError, match="no answer within 1 s"):
         s.request("hang")
     assert s.proc.poll() is not None
+
+
+def test_an_address_that_ssh_would_read_as_an_option_is_refused():
+    from pvezfsha.transport import ssh_argv
+    with pytest.raises(TransportError, match="'-oProxyCommand=x' is not a host"):
+        ssh_argv("-oProxyCommand=x")
+    argv = ssh_argv("10.0.0.2")
+    assert argv[argv.index("--") - 1] == "10.0.0.2"

@@ -256,7 +256,8 @@ class Group:
             for mine in self.datasets:
                 release_all_holds(node, mine)
             out = sh(node, ["zfs", "list", "-H", "-o", "name", "-r", "tank"], check=False).stdout
-            doomed = [d for d in out.split() if any(belongs(d, mine) for mine in self.datasets)]
+            # One name a line: a dataset name may hold a space.
+            doomed = [d for d in out.splitlines() if any(belongs(d, mine) for mine in self.datasets)]
             for ds in sorted(doomed, key=len, reverse=True):
                 sh(node, ["zfs", "destroy", "-R", ds], check=False)
             sh(node, ["rm", "-f", self.record_path, self.config], check=False)

@@ -44,7 +44,7 @@ def test_interrupted_transfer_resumes_and_sends_less_than_the_total(group):
     deadline = time.time() + 120
     while alloc() - start < 24 * 2**20 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.5)
-    sh("pve1", ["pkill", "-f", "ssh .*pvezfsha receive"], check=False)
+    sh("pve1", ["pkill", "-f", "ssh .*pvezfsha .*receive"], check=False)   # pvezfsha --config ... receive
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 1, err
     token = zfs_get("pve2", "receive_resume_token", group.ds)
