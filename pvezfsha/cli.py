@@ -39,6 +39,16 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _wait(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 <= value <= 86400:
+        raise argparse.ArgumentTypeError(f"{text!r}: between 0 and 86400 seconds")
+    return value
+
+
 def _network(text: str):
     import ipaddress
     try:
@@ -59,6 +69,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("-n", "--dry-run", action="store_true", help="print the plan, change nothing")
     s.add_argument("--if-due", action="store_true",
                    help="only containers whose last cycle is `interval` ago (what the timer runs)")
+    s.add_argument("--wait", type=_wait, default=0, metavar="SECONDS",
+                   help="wait this long for a dataset another run holds, and fail if it stays busy "
+                        "(a final push; the timer never waits)")
     st = sub.add_parser("status", help="replication state of each protected dataset, as this node sees it")
     st.add_argument("ctids", nargs="*", type=_ctid, metavar="CTID")
     st.add_argument("--json", action="store_true", help="machine-readable output")
@@ -158,7 +171,7 @@ def _main(argv: list[str] | None) -> int:
         cfg = config.load(args.config)
         if args.command == "sync":
             from pvezfsha import sync
-            return sync.run(cfg, args.ctids, dry_run=args.dry_run, if_due=args.if_due)
+            return sync.run(cfg, args.ctids, dry_run=args.dry_run, if_due=args.if_due, wait=args.wait)
         if args.command == "status":
             from pvezfsha import status
             return status.run(cfg, args.ctids, as_json=args.json)

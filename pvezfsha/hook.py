@@ -329,7 +329,8 @@ def final_push(cfg: Config, ct: Container, cluster: Cluster, phase: str) -> int:
     if role.primary != node:
         return 0
     timeout = ct.options.final_push_timeout
-    argv = _self_argv(cfg, "sync", str(ct.ctid))
+    # A timer cycle may hold a dataset: wait for it rather than skip it.
+    argv = _self_argv(cfg, "sync", "--wait", f"{timeout * 0.8:.0f}", str(ct.ctid))
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
     try:

@@ -31,17 +31,24 @@ class Locked(Exception):
 
 
 @contextmanager
-def dataset_lock(dataset: str, what: str = "sync"):
-    """Hold the dataset's lock, or raise Locked at once (never wait)."""
+def dataset_lock(dataset: str, what: str = "sync", wait: float = 0):
+    """Hold the dataset's lock; raise Locked if it is still busy after
+    `wait` seconds (0: at once). A timer cycle never waits, a final push
+    does: its whole point is to send what the running cycle has not."""
     path = _lock_path(dataset)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + wait
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
-            raise Locked(dataset, holder) from None
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
+                    raise Locked(dataset, holder) from None
+                time.sleep(0.2)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{what} pid {os.getpid()}\n".encode(), 0)
         yield

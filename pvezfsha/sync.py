@@ -97,11 +97,14 @@ class Cycle:
 
 
 def replicate(ctx: SyncContext, ct: Container, peers: list[str], *, epoch: int,
-              snapshot: bool = True, prune: bool = True, before=None) -> Cycle:
+              snapshot: bool = True, prune: bool = True, before=None, wait: float = 0) -> Cycle:
     """Push this node's copies of `ct`'s datasets to `peers`.
 
     `before(datasets)` runs once the locks are held and before anything is
     read: the handover uses it to make the old primary read-only first.
+    `wait` > 0 makes this a final push: it waits that long for a dataset
+    another run holds, and one it still cannot lock fails the cycle (a
+    handover that sent only some datasets has not handed over).
     """
     local = ctx.cluster.local_node()
     opts = ct.options
@@ -111,9 +114,13 @@ def replicate(ctx: SyncContext, ct: Container, peers: list[str], *, epoch: int,
         datasets: list[tuple[str, dict[str, str]]] = []   # local name, {peer: remote name}
         for ds in ct.datasets:
             try:
-                locks.enter_context(dataset_lock(ds.on(local)))
+                locks.enter_context(dataset_lock(ds.on(local), wait=wait))
             except Locked as e:
-                logger.info(f"CT {ct.ctid}: {e}; skipping it this cycle")
+                if wait:
+                    logger.error(f"CT {ct.ctid}: {e} after waiting {wait:.0f} s; its last changes are not sent")
+                    cycle.rc = 1
+                else:
+                    logger.info(f"CT {ct.ctid}: {e}; skipping it this cycle")
                 continue
             datasets.append((ds.on(local), {n: ds.on(n) for n in peers}))
         if not datasets:
@@ -346,7 +353,7 @@ def record_cycle(ctx: SyncContext, ct: Container, cycle: Cycle, epoch: int) -> N
         store.write(rec)
 
 
-def sync_container(ctx: SyncContext, ct: Container) -> int:
+def sync_container(ctx: SyncContext, ct: Container, wait: float = 0) -> int:
     local = ctx.cluster.local_node()
     if local not in ct.nodes:
         logger.info(f"CT {ct.ctid}: this node ({local}) is not one of its nodes ({', '.join(ct.nodes)}); nothing to do")
@@ -367,7 +374,7 @@ def sync_container(ctx: SyncContext, ct: Container) -> int:
         logger.info(f"CT {ct.ctid}: this node ({local}) is {role.describe(local)}; nothing to do")
         return 0
     peers = [n for n in ct.nodes if n != local]
-    cycle = replicate(ctx, ct, peers, epoch=role.epoch)
+    cycle = replicate(ctx, ct, peers, epoch=role.epoch, wait=wait)
     if not ctx.dry_run and cycle.states:
         try:
             record_cycle(ctx, ct, cycle, role.epoch)
@@ -400,14 +407,14 @@ def mark_cycle(ctid: int, when: float) -> None:
 
 
 def run(cfg: Config, ctids: list[int], dry_run: bool = False, cluster: Cluster | None = None,
-        if_due: bool = False) -> int:
+        if_due: bool = False, wait: float = 0) -> int:
     ctx = SyncContext(cfg, cluster or Cluster(), dry_run)
     rc = 0
     for ct in cfg.select(ctids):
         now = time.time()
         if if_due and not due(ct.ctid, cfg.interval, now):
             continue
-        rc |= sync_container(ctx, ct)
+        rc |= sync_container(ctx, ct, wait=wait)
         if not dry_run:
             mark_cycle(ct.ctid, now)
     return rc
@@ -431,7 +438,10 @@ def transfer(cfg: Config, ctid: int, to: str, final: bool, cluster: Cluster | No
             # Nothing may change after the final snapshot.
             for name in names:
                 replica.demote(name, f"handing over to {to}", ct.options.snapshot_prefix)
-    cycle = replicate(ctx, ct, [to], epoch=role.epoch, snapshot=final, prune=False, before=before)
+    # A handover waits for a running cycle to let go of the datasets, within
+    # the time the node taking over gives it.
+    cycle = replicate(ctx, ct, [to], epoch=role.epoch, snapshot=final, prune=False, before=before,
+                      wait=ct.options.handover_timeout * 0.8 if final else 0)
     steps, nbytes = cycle.totals()
     newest = {name: (newest_replication(st, ct.options.snapshot_prefix) or st.newest).name
               for name, st in cycle.states.items() if st.snapshots}

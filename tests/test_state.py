@@ -56,3 +56,23 @@ def test_a_lock_file_left_by_a_finished_receive_kills_nobody():
         assert other.poll() is None
     finally:
         other.kill()
+
+
+def test_a_final_push_waits_for_a_busy_dataset_and_gets_it_when_freed(tmp_path, monkeypatch):
+    import threading
+    import time as _time
+    monkeypatch.setenv("PVEZFSHA_RUN_DIR", str(tmp_path))
+    held = state.dataset_lock("tank/media", "sync")
+    held.__enter__()
+    threading.Timer(0.5, lambda: held.__exit__(None, None, None)).start()
+    t0 = _time.monotonic()
+    with state.dataset_lock("tank/media", "transfer", wait=10):
+        assert 0.4 < _time.monotonic() - t0 < 5
+
+
+def test_a_final_push_gives_up_on_a_dataset_that_stays_busy(tmp_path, monkeypatch):
+    monkeypatch.setenv("PVEZFSHA_RUN_DIR", str(tmp_path))
+    with state.dataset_lock("tank/media", "sync"):
+        with pytest.raises(state.Locked, match="busy"):
+            with state.dataset_lock("tank/media", "transfer", wait=0.5):
+                pass

@@ -5,7 +5,9 @@ write probe that hostile files in a share cannot turn against the host.
 Each test is one scenario of issue 9, named after what an admin relies on.
 """
 
+import json
 import re
+import time
 
 import pytest
 
@@ -212,3 +214,20 @@ def test_a_node_down_for_longer_than_keep_catches_up_without_a_false_divergence(
     assert sum(step_bytes(p.stderr)) < 7 * 2**20, "must not resend the 8 MiB"
     assert group.kept("pve1") == []
     assert checksums("pve1", group.ds) == checksums("pve2", group.ds)
+
+
+# -- a handover during a timer cycle (item 9) ------------------------------------
+
+def test_a_handover_waits_for_the_running_cycle_and_sends_the_late_writes(group):
+    group.write("a.bin")
+    group.sync()
+    group.write("big.bin", 24)
+    group.write_config("pve1", defaults={"bandwidth_limit": "4M"})
+    cycle = group.popen_sync()
+    time.sleep(2.5)                      # the timer's cycle holds the dataset now
+    group.write("late.bin", 1)
+    p = group.run("transfer", str(group.ctid), "--to", "pve2", "--final")
+    _, err = cycle.communicate(timeout=300)
+    assert cycle.returncode == 0, err
+    assert p.returncode == 0 and json.loads(p.stdout.splitlines()[-1])["ok"], p.stdout + p.stderr
+    assert checksums("pve2", group.ds)["./late.bin"] == checksums("pve1", group.ds)["./late.bin"]
