@@ -92,8 +92,14 @@ class LocalReplicas:
         return {ds.name: zfs.read_state(ds.on(self.node)) for ds in ct.datasets}
 
     def promote(self, ct: Container, epoch: int) -> None:
+        # Under the dataset's lock: a fencing demote of this node's timer
+        # (sync.fence_local) must not unmount what was just promoted.
         for ds in ct.datasets:
-            replica.promote(ds.on(self.node), epoch, ct.options.snapshot_prefix)
+            try:
+                with state.dataset_lock(ds.on(self.node), "promote", wait=60):
+                    replica.promote(ds.on(self.node), epoch, ct.options.snapshot_prefix)
+            except state.Locked as e:
+                raise PvezfshaError(f"{e}; promotion waited 60 s for it") from None
 
     def seed_cursors(self, ct: Container, bases: dict[str, dict[str, int]]) -> list[str]:
         """A cursor for each other member at the snapshot it shares with us."""

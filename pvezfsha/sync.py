@@ -353,6 +353,24 @@ def record_cycle(ctx: SyncContext, ct: Container, cycle: Cycle, epoch: int) -> N
         store.write(rec)
 
 
+def fence_local(ctx: SyncContext, ct: Container, local: str) -> None:
+    """Demote our copies, each under its lock and only if the record, read
+    again under it, still names another node: a takeover on this node may
+    have promoted them since the role was read (hook.py promotes under the
+    same lock)."""
+    for ds in ct.datasets:
+        name = ds.on(local)
+        try:
+            with dataset_lock(name, "fence"):
+                rec = ctx.store.read(ct.ctid)
+                if rec is None or rec.primary == local:
+                    logger.info(f"CT {ct.ctid}: {name}: this node became primary meanwhile; not demoting it")
+                    continue
+                replica.demote(name, f"{rec.primary} is primary at epoch {rec.epoch}", ct.options.snapshot_prefix)
+        except Locked as e:
+            logger.info(f"CT {ct.ctid}: {e}; fencing it next cycle")
+
+
 def sync_container(ctx: SyncContext, ct: Container, wait: float = 0) -> int:
     local = ctx.cluster.local_node()
     if local not in ct.nodes:
@@ -369,8 +387,7 @@ def sync_container(ctx: SyncContext, ct: Container, wait: float = 0) -> int:
     if not role.is_primary(local):
         if role.record is not None and role.primary != local and not ctx.dry_run:
             # Fencing: another node took over; our copies must not change any more.
-            for ds in ct.datasets:
-                replica.demote(ds.on(local), f"{role.primary} is primary at epoch {role.epoch}", ct.options.snapshot_prefix)
+            fence_local(ctx, ct, local)
         logger.info(f"CT {ct.ctid}: this node ({local}) is {role.describe(local)}; nothing to do")
         return 0
     peers = [n for n in ct.nodes if n != local]

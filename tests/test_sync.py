@@ -1,6 +1,7 @@
 """Pure parts of the sync cycle: when to snapshot, which holds are leaks,
 when a container is due."""
 
+from pvezfsha import sync
 from pvezfsha.sync import needs_snapshot, stale_step_holds
 from pvezfsha.versions import DatasetState, Version
 
@@ -108,3 +109,44 @@ def test_a_snapshots_changed_of_this_very_second_is_not_cached(tmp_path, monkeyp
     fake.changed = int(time.time())
     sync.load_state("tank/a", ["pve2"], opts)
     assert sync.load_state("tank/a", ["pve2"], opts)[1] is False and fake.full_reads == 2
+
+
+# -- fencing a node's own copies (issue 9, item 11) -----------------------------
+
+def _fence_ctx(tmp_path, primary):
+    from types import SimpleNamespace
+
+    from pvezfsha.record import Record, RecordStore
+    store = RecordStore(tmp_path)
+    store.write(Record(103, primary=primary, epoch=5))
+    return SimpleNamespace(store=store)
+
+
+def _fence_ct():
+    from pvezfsha.config import Container, DatasetMap, Options
+    return Container(103, (DatasetMap("tank/media"),), ("pve1", "pve2"), Options())
+
+
+def test_fencing_demotes_when_the_record_still_names_another_node(tmp_path, monkeypatch):
+    monkeypatch.setenv("PVEZFSHA_RUN_DIR", str(tmp_path / "run"))
+    demoted = []
+    monkeypatch.setattr(sync.replica, "demote", lambda ds, why, prefix: demoted.append(ds))
+    sync.fence_local(_fence_ctx(tmp_path, "pve2"), _fence_ct(), "pve1")
+    assert demoted == ["tank/media"]
+
+
+def test_fencing_leaves_a_dataset_alone_once_a_takeover_here_promoted_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("PVEZFSHA_RUN_DIR", str(tmp_path / "run"))
+    demoted = []
+    monkeypatch.setattr(sync.replica, "demote", lambda ds, why, prefix: demoted.append(ds))
+    sync.fence_local(_fence_ctx(tmp_path, "pve1"), _fence_ct(), "pve1")   # re-read under the lock
+    assert demoted == []
+
+
+def test_fencing_skips_a_dataset_a_promotion_holds(tmp_path, monkeypatch):
+    monkeypatch.setenv("PVEZFSHA_RUN_DIR", str(tmp_path / "run"))
+    demoted = []
+    monkeypatch.setattr(sync.replica, "demote", lambda ds, why, prefix: demoted.append(ds))
+    with sync.dataset_lock("tank/media", "promote"):
+        sync.fence_local(_fence_ctx(tmp_path, "pve2"), _fence_ct(), "pve1")
+    assert demoted == []
