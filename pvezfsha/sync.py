@@ -353,6 +353,16 @@ def record_cycle(ctx: SyncContext, ct: Container, cycle: Cycle, epoch: int) -> N
         store.write(rec)
 
 
+def start_record(ctx: SyncContext, ct: Container, local: str):
+    """The group's first record: this node holds the originals, epoch 1."""
+    store = ctx.store
+    with store.locked(ct.ctid):
+        if store.read(ct.ctid) is None:
+            store.write(Record(ct.ctid, primary=local, epoch=1, changed=time.time(), changed_by=local,
+                               reason="replication started here (this node holds the original datasets)"))
+    return role_of(ctx.cluster, store, ct.ctid)
+
+
 def fence_local(ctx: SyncContext, ct: Container, local: str) -> None:
     """Demote our copies, each under its lock and only if the record, read
     again under it, still names another node: a takeover on this node may
@@ -390,6 +400,18 @@ def sync_container(ctx: SyncContext, ct: Container, wait: float = 0) -> int:
             fence_local(ctx, ct, local)
         logger.info(f"CT {ct.ctid}: this node ({local}) is {role.describe(local)}; nothing to do")
         return 0
+    if role.record is None and not ctx.dry_run:
+        # Before the first send, which can take hours: from now on a start on
+        # another node is a takeover from this one, judged by what it holds,
+        # never a "first start" that trusts whatever dataset it finds.
+        try:
+            role = start_record(ctx, ct, local)
+        except RecordError as e:
+            logger.error(f"CT {ct.ctid}: {e}")
+            return 1
+        if not role.is_primary(local):
+            logger.info(f"CT {ct.ctid}: another node recorded itself first ({role.primary}); nothing to do")
+            return 0
     peers = [n for n in ct.nodes if n != local]
     cycle = replicate(ctx, ct, peers, epoch=role.epoch, wait=wait)
     if not ctx.dry_run and cycle.states:

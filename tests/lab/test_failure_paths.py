@@ -231,3 +231,21 @@ def test_a_handover_waits_for_the_running_cycle_and_sends_the_late_writes(group)
     assert cycle.returncode == 0, err
     assert p.returncode == 0 and json.loads(p.stdout.splitlines()[-1])["ok"], p.stdout + p.stderr
     assert checksums("pve2", group.ds)["./late.bin"] == checksums("pve1", group.ds)["./late.bin"]
+
+
+# -- the first full send (item 8) ------------------------------------------------
+
+def test_a_start_elsewhere_during_the_first_full_send_does_not_trust_a_placeholder(group):
+    sh("pve2", ["zfs", "create", group.ds])          # an admin's empty, writable placeholder
+    group.write("big.bin", 32)
+    group.write_config("pve1", defaults={"bandwidth_limit": "4M"})
+    first = group.popen_sync()
+    time.sleep(3)                                     # the first full send is under way
+    group.pmxcfs_sync("pve1")
+    group.crashed("pve1")
+    group.move("pve2")
+    p = group.hook("pve2", "pre-start")
+    first.communicate(timeout=300)
+    assert p.returncode == 1 and "no replicated snapshot here" in p.stderr, p.stdout + p.stderr
+    assert zfs_get("pve1", "readonly", group.ds) == "off"
+    assert group.record("pve2")["primary"] == "pve1"
