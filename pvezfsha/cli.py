@@ -102,6 +102,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("ctid", type=_ctid, metavar="CTID")
     t.add_argument("--to", required=True, metavar="NODE")
     t.add_argument("--final", action="store_true", help="hand over: make this node read-only, snapshot, push")
+    t.add_argument("--stop", action="store_true",
+                   help="stop a transfer of CTID running here (the taker gave up waiting for it)")
     return p
 
 
@@ -185,6 +187,8 @@ def _main(argv: list[str] | None) -> int:
             return status.diverged(cfg, args.ctids)
         if args.command == "transfer":
             from pvezfsha import sync
+            if args.stop:
+                return sync.stop_transfer(cfg, args.ctid)
             return sync.transfer(cfg, args.ctid, args.to, args.final)
     except PvezfshaError as e:
         logger.error(str(e))

@@ -193,6 +193,10 @@ class Takeover:
                 rep.notes.append(f"could not pull the final changes from {prev} ({e}); "
                                  f"judging the replica's freshness instead")
                 logger.warning(f"CT {ct.ctid}: {rep.notes[-1]}")
+                # What the stopped transfer was still sending must not land
+                # during the promotion.
+                for note in self.local.stop_receives(ct):
+                    rep.notes.append(note)
 
         if case == Case.FIRST and all(not st.readonly for st in states.values()):
             # Never taken over before and this node holds the writable originals.

@@ -48,7 +48,12 @@ class Peers:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.communicate()
-            raise TransportError(f"{node}: transfer did not finish within {timeout:.0f} s; stopped") from None
+            # Our end of ssh is gone, but the transfer on `node` goes on until
+            # it next writes, holding its locks and pushing into what we are
+            # about to promote: stop it there, and say if that failed.
+            stopped = self.stop_transfer(node, ct)
+            raise TransportError(f"{node}: transfer did not finish within {timeout:.0f} s; "
+                                 + ("stopped there" if stopped else "could NOT stop it there")) from None
         for line in err.splitlines():
             if line.strip():
                 logger.info(f"  [{node}] {line.strip()}")
@@ -63,6 +68,16 @@ class Peers:
             last = next((ln for ln in reversed(err.splitlines()) if ln.strip()), f"exit status {proc.returncode}")
             raise TransportError(f"{node}: transfer failed: {last.strip()}")
         return result
+
+    def stop_transfer(self, node: str, ct: Container) -> bool:
+        argv = self._argv(node, ct, ("pvezfsha", "--config", self.cfg.path, "transfer", str(ct.ctid),
+                                     "--to", node, "--stop"))
+        try:
+            p = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                               timeout=ct.options.ssh_connect_timeout + 30)
+        except subprocess.TimeoutExpired:
+            return False
+        return p.returncode == 0
 
     def holdings(self, node: str, ct: Container) -> dict[str, Holding]:
         """Keyed by the dataset's configured name, so nodes compare."""

@@ -72,12 +72,19 @@ def first_time(what: str) -> bool:
 
 
 def stop_receive(dataset: str, timeout: float = 15.0) -> int | None:
-    """Kill a `pvezfsha receive` holding the dataset's lock; its pid, or None.
+    return stop_holder(dataset, "receive", timeout)
+
+
+def stop_holder(dataset: str, what: str, timeout: float = 15.0) -> int | None:
+    """Kill the pvezfsha run that holds the dataset's lock as `what`
+    ("receive", "transfer"); its pid, or None.
 
     A receive whose sender lost power waits forever: no FIN ever comes and
     sshd does not probe the client by default. A takeover knows that sender
     is gone, so it ends the receive: SIGKILL interrupts the kernel's read of
-    the stream, and the partial state stays resumable.
+    the stream, and the partial state stays resumable. A transfer whose
+    taker gave up (the handover timeout) would go on pushing into a node
+    that is promoting: the taker has it stopped the same way.
     """
     path = _lock_path(dataset)
     try:
@@ -95,7 +102,7 @@ def stop_receive(dataset: str, timeout: float = 15.0) -> int | None:
         words = os.pread(fd, 200, 0).decode(errors="replace").split()
     finally:
         os.close(fd)
-    if len(words) < 3 or words[0] != "receive" or not words[2].isdigit():
+    if len(words) < 3 or words[0] != what or not words[2].isdigit():
         return None
     pid = int(words[2])
     try:

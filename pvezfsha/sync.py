@@ -32,7 +32,7 @@ from pvezfsha.log import logger
 from pvezfsha.planner import Conflict, kept_for_clones, plan_prune
 from pvezfsha.record import Record, RecordError, RecordStore, Replica
 from pvezfsha.role import role_of
-from pvezfsha.state import Locked, dataset_lock, first_time, run_dir
+from pvezfsha.state import Locked, dataset_lock, first_time, run_dir, stop_holder
 from pvezfsha.transport import Session, receive_command, ssh_argv
 from pvezfsha.versions import (HOLD_STEP, DatasetState, Version, cursor_guid, cursor_node, is_replication_snapshot,
                                newest_replication, snapshot_name, step_hold)
@@ -97,7 +97,8 @@ class Cycle:
 
 
 def replicate(ctx: SyncContext, ct: Container, peers: list[str], *, epoch: int,
-              snapshot: bool = True, prune: bool = True, before=None, wait: float = 0) -> Cycle:
+              snapshot: bool = True, prune: bool = True, before=None, wait: float = 0,
+              what: str = "sync") -> Cycle:
     """Push this node's copies of `ct`'s datasets to `peers`.
 
     `before(datasets)` runs once the locks are held and before anything is
@@ -114,7 +115,7 @@ def replicate(ctx: SyncContext, ct: Container, peers: list[str], *, epoch: int,
         datasets: list[tuple[str, dict[str, str]]] = []   # local name, {peer: remote name}
         for ds in ct.datasets:
             try:
-                locks.enter_context(dataset_lock(ds.on(local), wait=wait))
+                locks.enter_context(dataset_lock(ds.on(local), what, wait=wait))
             except Locked as e:
                 if wait:
                     logger.error(f"CT {ct.ctid}: {e} after waiting {wait:.0f} s; its last changes are not sent")
@@ -459,6 +460,17 @@ def run(cfg: Config, ctids: list[int], dry_run: bool = False, cluster: Cluster |
     return rc
 
 
+def stop_transfer(cfg: Config, ctid: int) -> int:
+    """End a transfer of `ctid` running on this node, and wait until it is gone."""
+    ct = cfg.select([ctid])[0]
+    local = Cluster().local_node()
+    stopped = [(ds.on(local), pid) for ds in ct.datasets if (pid := stop_holder(ds.on(local), "transfer"))]
+    for name, pid in stopped:
+        logger.warning(f"CT {ctid}: stopped the transfer of {name} (pid {pid}): the node taking over gave up on it")
+    print(json.dumps({"ok": True, "stopped": [name for name, _ in stopped]}), flush=True)
+    return 0
+
+
 def transfer(cfg: Config, ctid: int, to: str, final: bool, cluster: Cluster | None = None) -> int:
     """Run on another node by a takeover; prints one JSON line for it."""
     ctx = SyncContext(cfg, cluster or Cluster())
@@ -480,7 +492,7 @@ def transfer(cfg: Config, ctid: int, to: str, final: bool, cluster: Cluster | No
     # A handover waits for a running cycle to let go of the datasets, within
     # the time the node taking over gives it.
     cycle = replicate(ctx, ct, [to], epoch=role.epoch, snapshot=final, prune=False, before=before,
-                      wait=ct.options.handover_timeout * 0.8 if final else 0)
+                      wait=ct.options.handover_timeout * 0.8 if final else 0, what="transfer")
     steps, nbytes = cycle.totals()
     newest = {name: (newest_replication(st, ct.options.snapshot_prefix) or st.newest).name
               for name, st in cycle.states.items() if st.snapshots}

@@ -249,3 +249,20 @@ def test_a_start_elsewhere_during_the_first_full_send_does_not_trust_a_placehold
     assert p.returncode == 1 and "no replicated snapshot here" in p.stderr, p.stdout + p.stderr
     assert zfs_get("pve1", "readonly", group.ds) == "off"
     assert group.record("pve2")["primary"] == "pve1"
+
+
+# -- a handover that times out (item 15) ---------------------------------------
+
+def test_a_handover_that_times_out_is_stopped_on_the_old_primary_before_the_promotion(group):
+    group.write("a.bin")
+    group.sync()
+    group.write("big.bin", 32)
+    group.write_config("pve1", defaults={"bandwidth_limit": "2M"})
+    group.write_config("pve2", defaults={"handover_timeout": "6s"})
+    group.move("pve2")
+    p = group.hook("pve2", "pre-start")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "stopped there" in p.stdout + p.stderr, p.stdout + p.stderr
+    assert sh("pve1", ["pgrep", "-f", f"pvezfsha.* transfer {group.ctid}"], check=False).returncode == 1
+    assert zfs_get("pve2", "mounted", group.ds) == "yes" and zfs_get("pve2", "readonly", group.ds) == "off"
+    assert zfs_get("pve1", "readonly", group.ds) == "on"
