@@ -233,6 +233,11 @@ class Server:
         self._fence(req, ds)
         if force:
             self._check_force(req, snap, ds)
+        # pyzfs always hands the kernel a (maybe empty) set of received
+        # properties, and the first receive with one into a dataset that never
+        # had any (the live copy a kept divergence swapped in) clears its local
+        # properties: mountpoint, quota, shares. Put back what it drops.
+        local = zfs.local_props(ds)
         with stall_guard(stall, snap):
             zfs.receive(snap, self.in_fd, force=force, raw=raw)
         # Identity is the guid: confirm it, at constant cost (no full listing).
@@ -240,9 +245,25 @@ class Server:
         if q.guids.get(short) != guid:
             raise ZfsError(f"{snap}: received snapshot has guid {q.guids.get(short)}, expected {guid}",
                            kind="GuidMismatch")
+        self._restore_props(ds, local)
         if not q.readonly or q.canmount != "noauto":
             zfscli.set_props(ds, INERT)
         return {"guid": q.guids[short]}
+
+    @staticmethod
+    def _restore_props(ds: str, before: dict[str, str]) -> None:
+        if not before:
+            return
+        now = zfs.local_props(ds)
+        lost = {k: v for k, v in before.items() if now.get(k) != v and k not in INERT}
+        system = {k: v for k, v in lost.items() if ":" not in k}
+        user = {k: v for k, v in lost.items() if ":" in k}
+        if system:
+            zfscli.set_props(ds, system)
+        if user:
+            zfs.set_user_props(ds, user)
+        if lost:
+            logger.info(f"{ds}: restored local properties the receive cleared: {', '.join(sorted(lost))}")
 
     def op_finish(self, req: dict) -> dict:
         """After a dataset's steps: move the last-received hold to `hold`,

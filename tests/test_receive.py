@@ -37,6 +37,7 @@ def server(tmp_path, monkeypatch):
     state = {"st": DatasetState("tank/media", True, readonly=True, canmount="noauto")}
     monkeypatch.setattr(receive.zfs, "read_state", lambda ds: state["st"])
     monkeypatch.setattr(receive.divergence, "swap_pending", lambda ds, prefix: False)
+    monkeypatch.setattr(receive.zfs, "local_props", lambda ds: {})
 
     def quick(ds, snaps=()):
         # Fencing reads the few properties it needs; a received snapshot has guid 42.

@@ -55,7 +55,7 @@ def sh(node: str, cmd: list[str] | str, *, check: bool = True, env: dict | None 
         env = None
     else:
         argv = cmd
-    p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, input=input,
+    p = subprocess.run(argv, capture_output=True, text=True, errors="replace", timeout=timeout, input=input,
                        env={**os.environ, **env} if env else None)
     if check and p.returncode != 0:
         raise AssertionError(f"{node}: {cmd} exited {p.returncode}\n{p.stdout}\n{p.stderr}")
