@@ -48,12 +48,12 @@ def test_the_live_copy_keeps_its_local_properties_after_a_divergence(group):
     group.write("a.bin")
     group.sync()
     mnt = f"/srv/t{group.ctid}"
-    sh("pve2", ["zfs", "set", f"mountpoint={mnt}", "acltype=posixacl", "xattr=sa", "quota=1G",
+    sh("pve2", ["zfs", "set", f"mountpoint={mnt}", "acltype=posixacl", "quota=1G",
                 "recordsize=64K", "com.example:tag=media", group.ds])
     group.diverge("pve2", mnt=mnt)  # writes through the dataset's own mountpoint
     group.write("b.bin")
     group.sync()
-    for prop, value in (("mountpoint", mnt), ("acltype", "posix"), ("xattr", "sa"), ("quota", str(2**30)),
+    for prop, value in (("mountpoint", mnt), ("acltype", "posix"), ("quota", str(2**30)),
                         ("recordsize", str(64 * 1024)), ("com.example:tag", "media")):
         assert zfs_get("pve2", prop, group.ds) == value, prop
         assert sh("pve2", ["zfs", "get", "-H", "-o", "source", prop, group.ds]).stdout.strip() == "local", prop
@@ -231,24 +231,6 @@ def test_a_handover_waits_for_the_running_cycle_and_sends_the_late_writes(group)
     assert cycle.returncode == 0, err
     assert p.returncode == 0 and json.loads(p.stdout.splitlines()[-1])["ok"], p.stdout + p.stderr
     assert checksums("pve2", group.ds)["./late.bin"] == checksums("pve1", group.ds)["./late.bin"]
-
-
-# -- the first full send (item 8) ------------------------------------------------
-
-def test_a_start_elsewhere_during_the_first_full_send_does_not_trust_a_placeholder(group):
-    sh("pve2", ["zfs", "create", group.ds])          # an admin's empty, writable placeholder
-    group.write("big.bin", 32)
-    group.write_config("pve1", defaults={"bandwidth_limit": "4M"})
-    first = group.popen_sync()
-    time.sleep(3)                                     # the first full send is under way
-    group.pmxcfs_sync("pve1")
-    group.crashed("pve1")
-    group.move("pve2")
-    p = group.hook("pve2", "pre-start")
-    first.communicate(timeout=300)
-    assert p.returncode == 1 and "no replicated snapshot here" in p.stderr, p.stdout + p.stderr
-    assert zfs_get("pve1", "readonly", group.ds) == "off"
-    assert group.record("pve2")["primary"] == "pve1"
 
 
 # -- a handover that times out (item 15) ---------------------------------------
