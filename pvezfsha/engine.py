@@ -24,7 +24,7 @@ from pvezfsha.log import logger
 from pvezfsha.planner import Conflict, Plan, Step, kept_for_clones, plan_prune, plan_replication
 from pvezfsha.state import first_time
 from pvezfsha.transport import Session
-from pvezfsha.versions import HOLD_LAST, DatasetState, Version, cursor_name, cursor_node, step_hold
+from pvezfsha.versions import HOLD_LAST, KEYLOCATION, DatasetState, Version, cursor_name, cursor_node, step_hold
 
 
 @dataclass
@@ -129,7 +129,7 @@ class Replicator:
             held = self._hold_steps(src_ds, plan.steps, source)
             try:
                 for step in plan.steps:
-                    self._run_step(src_ds, dst_ds, step, flags, out)
+                    self._run_step(src_ds, dst_ds, step, flags, out, source.keylocation)
                     done.append(step)
             finally:
                 # Once per dataset, not per step: each move waits for a txg.
@@ -155,7 +155,8 @@ class Replicator:
         zfs.hold({n: tag for n in wanted - already})
         return wanted | already
 
-    def _run_step(self, src_ds: str, dst_ds: str, step: Step, flags: tuple[str, ...], out: Outcome) -> None:
+    def _run_step(self, src_ds: str, dst_ds: str, step: Step, flags: tuple[str, ...], out: Outcome,
+                  keylocation: str = "") -> None:
         to = step.to.full(src_ds)
         frm = step.from_.full(src_ds) if step.from_ else None
 
@@ -168,6 +169,10 @@ class Replicator:
 
         header = {"op": "receive", "snapshot": f"{dst_ds}@{step.to.name}", "guid": step.to.guid,
                   "force": step.force, "raw": "raw" in flags, "stall": self.options.stall_timeout, **self.fence}
+        if "raw" in flags and KEYLOCATION.fullmatch(keylocation):
+            # A raw receive leaves keylocation=prompt on the standby, which no
+            # takeover can answer: the receiver puts ours there instead.
+            header["keylocation"] = keylocation
         res = self.session.send_stream(header, produce, rate_limit=self.options.bandwidth_limit)
         out.steps.append(step.describe())
         out.bytes += res.bytes

@@ -127,6 +127,10 @@ class LocalReplicas:
     def problems(self, ct: Container) -> list[str]:
         return [p for p in (replica.check_writable(ds.on(self.node)) for ds in ct.datasets) if p]
 
+    def preflight(self, ct: Container) -> list[str]:
+        """What would make promoting this node's copies fail."""
+        return [p for ds in ct.datasets for p in replica.preflight(ds.on(self.node))]
+
     def demote(self, ct: Container, why: str) -> None:
         for ds in ct.datasets:
             replica.demote(ds.on(self.node), why, ct.options.snapshot_prefix)
@@ -166,7 +170,12 @@ class Takeover:
             problems = self.local.problems(ct)
             if problems:
                 logger.info(f"CT {ct.ctid}: restart in place; re-mounting: {'; '.join(problems)}")
-                self.local.promote(ct, record.epoch)
+                try:
+                    self.local.promote(ct, record.epoch)
+                except PvezfshaError as e:
+                    raise Refused(f"CT {ct.ctid}: {self.node} is primary at epoch {record.epoch} but its "
+                                  f"datasets cannot be made writable: {e}. Fix that, then let HA retry the "
+                                  f"start here or run `pvezfsha promote {ct.ctid}`") from None
             rep.epoch = record.epoch
             rep.seconds = time.monotonic() - t0
             return rep
@@ -175,6 +184,11 @@ class Takeover:
         missing = [name for name, st in states.items() if not st.exists]
         if missing:
             raise Refused(f"dataset(s) {', '.join(missing)} do not exist on {self.node}")
+        # Before the old primary is asked to hand over and before the fence:
+        # a start refused here leaves the container's data where it was.
+        problems = self.local.preflight(ct)
+        if problems:
+            raise Refused(f"CT {ct.ctid} cannot be taken over on {self.node}: {'; '.join(problems)}")
 
         # A receive left waiting by a sender that died (or an old cycle)
         # would hold our datasets' locks through the pull and the promotion.
@@ -216,8 +230,13 @@ class Takeover:
         try:
             self.local.promote(ct, rep.epoch)
         except PvezfshaError as e:
-            raise Refused(f"CT {ct.ctid}: recorded as primary at epoch {rep.epoch} but promotion failed: {e}") \
-                from None
+            # This node is primary now: the other nodes' bases still need
+            # protecting, and the next start here (HA's retry, or `pvezfsha
+            # promote`) is a restart in place that promotes again.
+            self._protect_peers(record, rep, prev)
+            raise Refused(f"CT {ct.ctid}: {self.node} is recorded as primary at epoch {rep.epoch} but promotion "
+                          f"failed: {e}. Fix that, then let HA retry the start here or run "
+                          f"`pvezfsha promote {ct.ctid}`") from None
         self._protect_peers(record, rep, prev)
         rep.seconds = time.monotonic() - t0
         return rep

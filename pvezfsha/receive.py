@@ -39,7 +39,7 @@ from pvezfsha.record import RecordStore
 from pvezfsha.replica import INERT
 from pvezfsha.state import Locked, dataset_lock
 from pvezfsha.transport import PROTOCOL, read_line, write_json
-from pvezfsha.versions import HOLD_LAST
+from pvezfsha.versions import HOLD_LAST, KEYLOCATION
 
 def _rchar(tid: int) -> int | None:
     """Bytes the thread `tid` has read, the kernel's receive included."""
@@ -227,6 +227,9 @@ class Server:
             raise _bad(f"{snap!r} is not a snapshot name")
         guid, force, raw = _uint(req, "guid"), _flag(req, "force"), _flag(req, "raw")
         stall = _seconds(req, "stall", 300.0)
+        keylocation = req.get("keylocation") or ""
+        if keylocation and not (isinstance(keylocation, str) and KEYLOCATION.fullmatch(keylocation)):
+            raise _bad(f"keylocation: {keylocation!r} is not a file:// or https:// location")
         self._configured(req, ds)
         _uint(req, "epoch")
         self._lock(ds)
@@ -248,6 +251,12 @@ class Server:
         self._restore_props(ds, local)
         if not q.readonly or q.canmount != "noauto":
             zfscli.set_props(ds, INERT)
+        if raw and keylocation and q.encroot == ds and q.keylocation == "prompt":
+            # A raw receive makes this copy an encryption root with
+            # keylocation=prompt: a takeover here could never load the key.
+            # The primary's location, unless an admin chose one here.
+            zfscli.set_props(ds, {"keylocation": keylocation})
+            logger.info(f"{ds}: keylocation set to {keylocation}, the primary's")
         return {"guid": q.guids[short]}
 
     @staticmethod

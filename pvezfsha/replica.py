@@ -11,13 +11,22 @@ hold real writes (a primary fenced by an older pvezfsha, or made read-only
 by hand), and they may exist nowhere else. Demotion snapshots what was
 written since the last snapshot before it makes the dataset read-only, so
 those writes are either sent (a handover) or kept as a divergence (fencing).
+
+`preflight` finds what would make a promotion fail (a sick pool, a
+mountpoint that is taken, an encryption key that cannot be loaded) before a
+takeover fences anything: a start refused then leaves the old primary and
+the record as they were. What can still fail after the fence leaves the
+dataset read-only and unmounted, so the next pre-start on this node (HA's
+retry, or `pvezfsha promote`) is a restart in place that promotes again.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import secrets
+import shlex
 
 from pvezfsha import zfs, zfscli
 from pvezfsha.errors import ZfsError
@@ -27,6 +36,80 @@ from pvezfsha.versions import HOLD_LAST, DatasetState, diverged_name, snapshot_n
 EPOCH_PROP = "pvezfsha:epoch"
 ROLE_PROP = "pvezfsha:role"
 INERT = {"readonly": "on", "canmount": "noauto"}
+# A degraded pool still writes; a suspended, faulted or unavailable one does not.
+WRITABLE_HEALTH = ("ONLINE", "DEGRADED")
+_PREFLIGHT_PROPS = ["mountpoint", "overlay", "encryption", "encryptionroot", "keystatus", "keylocation"]
+
+
+def _mounted_at(path: str) -> str | None:
+    """What is mounted on `path` (source and type), from /proc/self/mountinfo."""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                left, _, right = line.partition(" - ")
+                fields, tail = left.split(" "), right.split(" ")
+                if len(fields) > 4 and len(tail) > 1 and _unescape(fields[4]) == path:
+                    return f"{_unescape(tail[1])} ({tail[0]})"
+    except OSError:
+        pass
+    return None
+
+
+def _unescape(field: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def key_problem(dataset: str, props: dict[str, str] | None = None, *, load: bool = False) -> str | None:
+    """None if the dataset's key is loaded, or loads from its keylocation
+    (with load=False only checked, `zfs load-key -n`); else what to fix."""
+    props = props or zfscli.get_props(dataset, _PREFLIGHT_PROPS)
+    if props.get("encryption", "off") == "off" or props.get("keystatus") == "available":
+        return None
+    root, where = props.get("encryptionroot") or dataset, props.get("keylocation", "prompt")
+    if where == "prompt":
+        return (f"the encryption key of {root} is not loaded and its keylocation is prompt, which a "
+                f"takeover cannot answer: load it by hand (zfs load-key {shlex.quote(root)}) or keep the key "
+                f"in a file on this node (zfs set keylocation=file:///<path> {shlex.quote(root)})")
+    try:
+        zfscli.load_key(root, noop=not load)
+    except ZfsError as e:
+        detail = str(e).split(": ", 1)[-1]
+        return (f"the encryption key of {root} cannot be loaded from {where} on this node ({detail}): "
+                f"put the key there, or point keylocation at it (zfs set keylocation=... {shlex.quote(root)})")
+    return None
+
+
+def preflight(dataset: str) -> list[str]:
+    """What would make `promote` fail here, each with what to fix; checked
+    before a takeover changes anything."""
+    pool = dataset.split("/", 1)[0]
+    problems = []
+    try:
+        pp = zfscli.pool_props(pool, ["health", "readonly"])
+        if pp.get("health") not in WRITABLE_HEALTH:
+            problems.append(f"pool {pool} is {pp.get('health')}: nothing on it can be written "
+                            f"(see zpool status {pool})")
+        elif pp.get("readonly") == "on":
+            problems.append(f"pool {pool} is imported read-only: export it and import it again read-write")
+        props = zfscli.get_props(dataset, _PREFLIGHT_PROPS)
+    except ZfsError as e:
+        return problems + [str(e)]
+    if zfs.mountpoint(dataset) is None:
+        mp = props.get("mountpoint", "none")
+        if not mp.startswith("/"):
+            problems.append(f"{dataset} has mountpoint={mp}, so it cannot be mounted for the container's "
+                            f"bind mount: zfs set mountpoint=<path> {shlex.quote(dataset)}")
+        elif (other := _mounted_at(mp)) is not None:
+            problems.append(f"{mp}, the mountpoint of {dataset}, already has {other} mounted on it: unmount it")
+        elif os.path.lexists(mp) and (os.path.islink(mp) or not os.path.isdir(mp)):
+            problems.append(f"{mp}, the mountpoint of {dataset}, is not a directory: move it away")
+        elif props.get("overlay") == "off" and os.path.isdir(mp) and os.listdir(mp):
+            problems.append(f"{mp}, the mountpoint of {dataset}, is not empty and overlay=off: "
+                            f"move its contents away")
+    key = key_problem(dataset, props)
+    if key:
+        problems.append(key)
+    return problems
 
 
 def check_writable(dataset: str) -> str | None:
@@ -77,6 +160,11 @@ def promote(dataset: str, epoch: int, prefix: str = "pvezfsha") -> DatasetState:
     # The last-received hold only protects a standby's base; a primary prunes
     # by its cursors instead.
     zfs.release({f"{dataset}@{s.name}": [HOLD_LAST] for s in st.snapshots if HOLD_LAST in s.holds})
+    if st.encrypted:
+        # A raw replica is held without its key; mounting needs it.
+        problem = key_problem(dataset, load=True)
+        if problem:
+            raise ZfsError(f"{dataset}: {problem}")
     zfscli.set_props(dataset, {"readonly": "off", "canmount": "on"})
     if zfs.mountpoint(dataset) is None:
         zfscli.mount(dataset)

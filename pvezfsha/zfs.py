@@ -63,10 +63,16 @@ for name, value in zfs.list.user_properties(ds) do
 end
 local token = zfs.get_prop(ds, "receive_resume_token")
 local enc = zfs.get_prop(ds, "encryption")
-return {exists = true, snaps = snaps, bookmarks = bms, token = token,
+local out = {exists = true, snaps = snaps, bookmarks = bms, token = token,
         written = zfs.get_prop(ds, "written"), referenced = zfs.get_prop(ds, "referenced"),
         readonly = zfs.get_prop(ds, "readonly"), canmount = zfs.get_prop(ds, "canmount"),
         encryption = enc, origin = zfs.get_prop(ds, "origin"), props = props}
+if enc ~= "off" then
+  -- A child reads keylocation "none": the key is its encryption root's.
+  out.encroot = zfs.get_prop(ds, "encryptionroot")
+  out.keylocation = zfs.get_prop(out.encroot, "keylocation")
+end
+return out
 """
 
 
@@ -165,6 +171,7 @@ def read_state(dataset: str) -> DatasetState:
         mounted=mountpoint(dataset) is not None, encrypted=_s(res.get(b"encryption") or "off") != "off",
         origin=_s(res.get(b"origin") or ""),
         props={_s(k): _s(v) for k, v in (res.get(b"props") or {}).items()},
+        keylocation=_s(res.get(b"keylocation") or ""), encroot=_s(res.get(b"encroot") or ""),
     )
 
 
@@ -178,6 +185,10 @@ local out = {exists = true, written = zfs.get_prop(ds, "written"),
              token = zfs.get_prop(ds, "receive_resume_token"), guids = {}, props = {}}
 for name, value in zfs.list.user_properties(ds) do
   if string.sub(name, 1, 9) == "pvezfsha:" then out.props[name] = value end
+end
+if zfs.get_prop(ds, "encryption") ~= "off" then
+  out.encroot = zfs.get_prop(ds, "encryptionroot")
+  out.keylocation = zfs.get_prop(out.encroot, "keylocation")
 end
 for i = 2, #args["argv"] do
   local snap = ds .. "@" .. args["argv"][i]
@@ -201,6 +212,8 @@ class Quick:
     guids: dict[str, int] = field(default_factory=dict)
     props: dict[str, str] = field(default_factory=dict)     # pvezfsha's own user properties
     mounted: bool = False
+    keylocation: str = ""    # the encryption root's; "" when not encrypted
+    encroot: str = ""
 
 
 def quick_state(dataset: str, snapshots: list[str] = ()) -> Quick:
@@ -223,7 +236,8 @@ def quick_state(dataset: str, snapshots: list[str] = ()) -> Quick:
                  bool(token) and _s(token) not in ("-", ""),
                  {_s(k): v & _U64 for k, v in (res.get(b"guids") or {}).items()},
                  {_s(k): _s(v) for k, v in (res.get(b"props") or {}).items()},
-                 mountpoint(dataset) is not None)
+                 mountpoint(dataset) is not None,
+                 _s(res.get(b"keylocation") or ""), _s(res.get(b"encroot") or ""))
 
 
 _LOCAL_PROPS_PROGRAM = b"""

@@ -1,8 +1,17 @@
-"""The places where pvezfsha runs the `zfs` command, because libzfs_core has
-no call for them: setting system properties (openzfs/zfs#12675), mounting,
-renaming a dataset that may be mounted (lzc_rename does not unmount), and
-cloning with properties (lzc_clone takes native properties only in their
-kernel encoding, which `zfs clone -o` does for us).
+"""The places where pvezfsha runs the `zfs` and `zpool` commands, because
+libzfs_core has no call for them: setting system properties
+(openzfs/zfs#12675), mounting, renaming a dataset that may be mounted
+(lzc_rename does not unmount), cloning with properties (lzc_clone takes
+native properties only in their kernel encoding, which `zfs clone -o` does
+for us), reading the encryption and pool properties a channel program cannot
+(keystatus, keylocation, a pool's health), and loading a key.
+
+Loading a key goes through `zfs load-key`, not `lzc_load_key`: the latter
+takes the 32-byte wrapping key, and turning what `keylocation` points at
+into it (a raw or hex key, or a passphrase through PBKDF2 with the dataset's
+pbkdf2salt and pbkdf2iters; a file:// or https:// location) is libzfs's
+work. A second implementation of it that got one detail wrong would make a
+takeover fail exactly when it is needed.
 
 Always an argv list, never a shell: dataset names never pass through one.
 """
@@ -14,18 +23,42 @@ import subprocess
 from pvezfsha.errors import ZfsError
 
 ZFS = "zfs"
+ZPOOL = "zpool"
 
 
-def _run(args: list[str], action: str, timeout: float = 120) -> str:
+def _run(args: list[str], action: str, timeout: float = 120, program: str = ZFS) -> str:
     try:
-        p = subprocess.run([ZFS, *args], capture_output=True, text=True, timeout=timeout)
+        p = subprocess.run([program, *args], capture_output=True, text=True, timeout=timeout,
+                           stdin=subprocess.DEVNULL)
     except FileNotFoundError:
-        raise ZfsError(f"{action}: the zfs command is not installed (zfsutils-linux)") from None
+        raise ZfsError(f"{action}: the {program} command is not installed (zfsutils-linux)") from None
     except subprocess.TimeoutExpired:
-        raise ZfsError(f"{action}: zfs {' '.join(args[:1])} did not finish in {timeout:.0f} s") from None
+        raise ZfsError(f"{action}: {program} {' '.join(args[:1])} did not finish in {timeout:.0f} s") from None
     if p.returncode != 0:
-        raise ZfsError(f"{action}: {p.stderr.strip() or 'zfs exited ' + str(p.returncode)}")
+        err = " ".join(p.stderr.split())
+        raise ZfsError(f"{action}: {err or program + ' exited ' + str(p.returncode)}")
     return p.stdout
+
+
+def get_props(dataset: str, props: list[str]) -> dict[str, str]:
+    """Parsable values (`zfs get -Hp`) of the named properties."""
+    out = _run(["get", "-Hp", "-o", "property,value", ",".join(props), dataset],
+               f"reading {', '.join(props)} of {dataset}", timeout=30)
+    return dict(line.split("\t", 1) for line in out.splitlines() if "\t" in line)
+
+
+def pool_props(pool: str, props: list[str]) -> dict[str, str]:
+    out = _run(["get", "-Hp", "-o", "property,value", ",".join(props), pool],
+               f"reading {', '.join(props)} of pool {pool}", timeout=30, program=ZPOOL)
+    return dict(line.split("\t", 1) for line in out.splitlines() if "\t" in line)
+
+
+def load_key(root: str, *, location: str | None = None, noop: bool = False) -> None:
+    """Load the wrapping key of encryption root `root` from its keylocation
+    (or `location`); with noop, only check that it would load (`-n`)."""
+    args = ["load-key", *(["-n"] if noop else []), *(["-L", location] if location else []), root]
+    # Never a prompt: stdin is /dev/null, so keylocation=prompt fails at once.
+    _run(args, f"{'checking' if noop else 'loading'} the encryption key of {root}", timeout=60)
 
 
 def set_props(dataset: str, props: dict[str, str]) -> None:

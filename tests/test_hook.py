@@ -9,7 +9,7 @@ import pytest
 
 from pvezfsha import config, hook
 from pvezfsha.cluster import Cluster
-from pvezfsha.errors import TransportError
+from pvezfsha.errors import TransportError, ZfsError
 from pvezfsha.hook import Refused, Takeover
 from pvezfsha.record import Record, RecordStore, Replica
 from pvezfsha.takeover import Case, Holding
@@ -40,15 +40,22 @@ class FakeLocal:
         self.readonly = readonly
         self.promoted = None
         self.problem_list = []
+        self.preflight_list = []
+        self.promote_error = None
 
     def states(self, ct):
         return {"tank/media": DatasetState("tank/media", True, snapshots=tuple(self.snaps), readonly=self.readonly)}
 
     def promote(self, ct, epoch):
+        if self.promote_error:
+            raise ZfsError(self.promote_error)
         self.promoted = epoch
 
     def problems(self, ct):
         return self.problem_list
+
+    def preflight(self, ct):
+        return self.preflight_list
 
     def seed_cursors(self, ct, bases):
         self.cursors = bases
@@ -320,3 +327,32 @@ def test_a_receive_left_hanging_by_a_dead_sender_is_stopped_and_reported(tmp_pat
     local.hung = ["stopped a receive into tank/media whose sender is gone (pid 4242)"]
     report = t.run()
     assert any("pid 4242" in line for line in report.lines()) and local.promoted == 5
+
+
+# -- what would make the promotion fail (issue 9, item 4) ------------------------
+
+def test_a_key_that_cannot_be_loaded_refuses_before_the_handover_and_the_fence(tmp_path):
+    t, local, peers, store = arrange(tmp_path, record=rec(), local_snaps=[snap(1, NOW - 10)],
+                                     peers_kw={"gives": {"pve1": [snap(2, NOW - 1)]}})
+    local.preflight_list = ["the encryption key of tank/media cannot be loaded from file:///k on this node"]
+    with pytest.raises(Refused, match="cannot be taken over on pve2: the encryption key"):
+        t.run()
+    assert peers.calls == [] and local.promoted is None     # the old primary was never asked to hand over
+    assert (store.read(103).primary, store.read(103).epoch) == ("pve1", 4)
+
+
+def test_a_promotion_that_fails_after_the_fence_says_what_to_fix_and_how_to_retry(tmp_path):
+    t, local, _, store = arrange(tmp_path, record=rec(), local_snaps=[snap(1, NOW - 10)],
+                                 peers_kw={"gives": {"pve1": [snap(2, NOW - 1)]}})
+    local.promote_error = "tank/media: the encryption key of tank/media cannot be loaded"
+    with pytest.raises(Refused) as e:
+        t.run()
+    assert "encryption key" in str(e.value) and "pvezfsha promote 103" in str(e.value)
+    assert store.read(103).primary == "pve2" and local.cursors == {"pve1": {"tank/media": 102}}
+
+
+def test_the_retry_after_a_failed_promotion_is_a_restart_in_place_that_promotes(tmp_path):
+    t, local, peers, store = arrange(tmp_path, record=rec(primary="pve2", epoch=5))
+    local.problem_list = ["tank/media is not mounted"]
+    report = t.run()
+    assert report.case == Case.RESTART and local.promoted == 5 and peers.calls == []

@@ -248,3 +248,113 @@ def test_a_handover_that_times_out_is_stopped_on_the_old_primary_before_the_prom
     assert sh("pve1", ["pgrep", "-f", f"pvezfsha.* transfer {group.ctid}"], check=False).returncode == 1
     assert zfs_get("pve2", "mounted", group.ds) == "yes" and zfs_get("pve2", "readonly", group.ds) == "off"
     assert zfs_get("pve1", "readonly", group.ds) == "on"
+
+
+# -- an encrypted dataset (item 4) -------------------------------------------------
+
+KEYDIR = "/etc/pvezfsha-test-keys"
+
+
+@pytest.fixture
+def encrypted(make_group):
+    """A group whose dataset is encrypted, its key in a file at the same
+    path on both nodes (keyformat=raw, keylocation=file://...)."""
+    group = make_group(create=False)
+    key = f"{KEYDIR}/{group.ctid}.key"
+    sh("pve1", f"mkdir -p {KEYDIR} && head -c 32 /dev/urandom > {key}")
+    material = sh("pve1", ["base64", "-w0", key]).stdout
+    sh("pve2", f"mkdir -p {KEYDIR} && base64 -d > {key}", input=material)
+    sh("pve1", ["zfs", "create", "-o", "encryption=on", "-o", "keyformat=raw", "-o", f"keylocation=file://{key}",
+                group.ds])
+    group.key = key
+    yield group
+    for node in group.nodes:
+        sh(node, ["rm", "-f", key], check=False)
+
+
+def live_files(node, mnt):
+    out = sh(node, f"cd {mnt} && find . -type f ! -name '.pvezfsha-*' -print0 | sort -z | xargs -0 -r sha256sum").stdout
+    return dict(reversed(line.split(None, 1)) for line in out.splitlines())
+
+
+def handover_to_pve2(group):
+    assert group.hook("pve1", "pre-stop").returncode == 0
+    assert group.hook("pve1", "post-stop").returncode == 0
+    group.move("pve2")
+    return group.hook("pve2", "pre-start")
+
+
+def test_an_encrypted_dataset_is_taken_over_with_the_key_its_keylocation_names(encrypted):
+    group = encrypted
+    group.write("a.bin", 2)
+    group.sync()
+    assert zfs_get("pve2", "keystatus", group.ds) == "unavailable"     # a raw replica, held without its key
+    assert zfs_get("pve2", "keylocation", group.ds) == f"file://{group.key}"
+    group.write("late.bin", 1)
+    before = live_files("pve1", group.mnt)
+    p = handover_to_pve2(group)
+    assert p.returncode == 0 and "data-loss window: none" in p.stdout, p.stdout + p.stderr
+    assert zfs_get("pve2", "mounted", group.ds) == "yes" and zfs_get("pve2", "readonly", group.ds) == "off"
+    assert live_files("pve2", group.mnt) == before
+    # Replication in the new direction, raw, into the old primary.
+    group.write("new-on-pve2.bin", 1, node="pve2")
+    group.sync(node="pve2")
+    assert snapshots("pve1", group.ds)[-1] == snapshots("pve2", group.ds)[-1]
+
+
+def test_a_key_that_cannot_be_loaded_refuses_the_start_before_anything_changes(encrypted):
+    group = encrypted
+    group.write("a.bin", 2)
+    group.sync()
+    sh("pve2", ["rm", "-f", group.key])
+    epoch = group.record("pve1")["epoch"]
+    p = handover_to_pve2(group)
+    assert p.returncode != 0
+    assert "encryption key" in p.stderr and group.key in p.stderr, p.stdout + p.stderr
+    # The old primary was not asked to hand over, and nothing was fenced.
+    rec = group.record("pve2")
+    assert (rec["primary"], rec["epoch"]) == ("pve1", epoch)
+    assert zfs_get("pve1", "mounted", group.ds) == "yes" and zfs_get("pve1", "readonly", group.ds) == "off"
+    # Once the key is back, HA's next try takes over.
+    material = sh("pve1", ["base64", "-w0", group.key]).stdout
+    sh("pve2", f"base64 -d > {group.key}", input=material)
+    p = group.hook("pve2", "pre-start")
+    assert p.returncode == 0 and "data-loss window: none" in p.stdout, p.stdout + p.stderr
+
+
+def test_a_promotion_that_failed_after_the_fence_succeeds_on_retry_once_the_key_is_back(encrypted):
+    group = encrypted
+    group.write("a.bin", 2)
+    group.sync()
+    # The state a promotion that failed after the fence leaves: pve2 is
+    # recorded primary, its copy still inert and its key gone meanwhile.
+    assert group.hook("pve1", "pre-stop").returncode == 0
+    group.run("demote", "--force", str(group.ctid))
+    rec = group.record("pve1")
+    rec.update(primary="pve2", epoch=rec["epoch"] + 1)
+    for node in group.nodes:
+        sh(node, f"cat > {group.record_path}", input=json.dumps(rec))
+    group.move("pve2")
+    sh("pve2", ["rm", "-f", group.key])
+    p = group.hook("pve2", "pre-start")
+    assert p.returncode != 0 and group.key in p.stderr and f"pvezfsha promote {group.ctid}" in p.stderr, \
+        p.stdout + p.stderr
+    material = sh("pve1", ["base64", "-w0", group.key]).stdout
+    sh("pve2", f"base64 -d > {group.key}", input=material)
+    p = group.hook("pve2", "pre-start")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert zfs_get("pve2", "mounted", group.ds) == "yes" and zfs_get("pve2", "keystatus", group.ds) == "available"
+
+
+def test_a_mountpoint_that_is_taken_refuses_the_start_before_anything_changes(group):
+    group.write("a.bin")
+    group.sync()
+    epoch = group.record("pve1")["epoch"]
+    sh("pve2", f"mkdir -p {group.mnt} && mount -t tmpfs pvezfsha-test {group.mnt}")
+    try:
+        p = handover_to_pve2(group)
+        assert p.returncode != 0 and "already has pvezfsha-test (tmpfs) mounted" in p.stderr, p.stdout + p.stderr
+        assert group.record("pve2")["epoch"] == epoch
+        assert zfs_get("pve1", "mounted", group.ds) == "yes" and zfs_get("pve1", "readonly", group.ds) == "off"
+    finally:
+        sh("pve2", ["umount", group.mnt], check=False)
