@@ -169,6 +169,7 @@ def check_container(ctx: Context, ct: Container) -> list[Result]:
     res = [check_hookscript(pct), check_rootfs(ctx, pct)]
     res += check_mountpoints(ctx, ct, pct)
     res += check_datasets(ctx, ct, pct)
+    res += check_keys(ctx, ct)
     res.append(check_ha(ctx, ct))
     res.append(check_exports(ctx, ct))
     return res
@@ -264,6 +265,44 @@ def check_datasets(ctx: Context, ct: Container, pct: pctconf.CtConfig) -> list[R
         else:
             res.append(fail("datasets", f"{label}: " + "; ".join(p for p in problems),
                             "; ".join(hints) or "fix ssh first", ct.ctid))
+    return res
+
+
+def check_keys(ctx: Context, ct: Container) -> list[Result]:
+    """Every node can load the key of every encrypted dataset: a raw replica
+    is held without it, and a takeover must load it with nobody to type."""
+    res = []
+    for ds in ct.datasets:
+        problems, hints, bad, encrypted = [], [], False, False
+        for node in ct.nodes:
+            f = ctx.facts.get(node)
+            d = f.datasets.get(ds.on(node)) if f and f.reachable else None
+            if d is None or not d.encroot:
+                continue   # unreachable or missing: the datasets check says so
+            encrypted = True
+            k = f.keys.get(d.encroot)
+            root = q(d.encroot)
+            if k is None:
+                problems.append(f"{node}: the key of {d.encroot} was not checked")
+            elif k.result == "prompt":
+                bad = bad or k.status != "available"
+                problems.append(f"{node}: {d.encroot} has keylocation=prompt"
+                                + ("" if k.status != "available" else " (loaded now, but not after a reboot)"))
+                hints.append(f"on {node}: put the key in a file and zfs set keylocation=file:///<path> {root}")
+            elif k.result != "ok":
+                bad = True
+                problems.append(f"{node}: the key of {d.encroot} cannot be loaded from {k.location}: "
+                                f"{k.result.removeprefix('fail').strip()}")
+                hints.append(f"on {node}: put the key at {k.location.removeprefix('file://')} "
+                             f"(or zfs set keylocation=... {root})")
+        if not encrypted:
+            continue
+        if not problems:
+            res.append(ok("keys", f"{ds.name}: every node can load its encryption key", ct.ctid))
+        else:
+            make = fail if bad else warn
+            res.append(make("keys", f"{ds.name}: a takeover needs the key: " + "; ".join(problems),
+                            "; ".join(hints) or "run doctor again", ct.ctid))
     return res
 
 

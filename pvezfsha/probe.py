@@ -27,12 +27,33 @@ from pvezfsha.transport import ssh_argv
 SNIPPET = "/var/lib/vz/snippets/pvezfsha-hook"
 
 # Sections are tagged lines so that one stream carries all facts; `zfs list`
-# comes last because its output has no fixed length.
+# comes last because its output has no fixed length. For each encryption
+# root, "@key" says whether a takeover here could load its key: a key not
+# loaded is tried with `zfs load-key -n` (nothing changes), a loaded one has
+# its key file checked, since it loads again only from there after a reboot.
+# A dataset name is data in a shell variable here, never shell code.
 SCRIPT = f"""
 echo "@time $(date +%s.%N)"
 if [ -x {SNIPPET} ]; then echo "@snippet ok"; elif [ -e {SNIPPET} ]; then echo "@snippet notexec"; else echo "@snippet missing"; fi
+tab=$(printf '\\t')
+zfs list -H -p -t filesystem -o name,encryptionroot,keystatus,keylocation 2>/dev/null |
+while IFS="$tab" read -r name root status location; do
+  [ "$name" = "$root" ] || continue
+  if [ "$status" != available ] && [ "$location" = prompt ]; then
+    r=prompt
+  elif [ "$status" != available ]; then
+    if out=$(zfs load-key -n "$name" </dev/null 2>&1); then r=ok; else r="fail $(echo "$out" | tr '\\n\\t' '  ')"; fi
+  else
+    case "$location" in
+      file://*) if [ -r "${{location#file://}}" ]; then r=ok; else r="fail ${{location#file://}} is not readable"; fi ;;
+      prompt) r=prompt ;;
+      *) r=ok ;;
+    esac
+  fi
+  echo "@key $name$tab$status$tab$location$tab$r"
+done
 echo "@zfs"
-zfs list -H -p -t filesystem -o name,mountpoint,mounted 2>&1 || echo "@zfs-error $?"
+zfs list -H -p -t filesystem -o name,mountpoint,mounted,encryptionroot 2>&1 || echo "@zfs-error $?"
 """
 
 Runner = Callable[[list[str], float], tuple[int, str, str]]
@@ -54,6 +75,17 @@ class Dataset:
     name: str
     mountpoint: str
     mounted: bool
+    encroot: str = ""           # "" when not encrypted
+
+
+@dataclass(frozen=True)
+class Key:
+    """Whether a takeover on a node could load an encryption root's key."""
+
+    root: str
+    status: str                 # available | unavailable
+    location: str               # keylocation
+    result: str                 # ok | prompt | fail <why>
 
 
 @dataclass
@@ -65,6 +97,7 @@ class NodeFacts:
     clock_skew: float | None = None         # peer clock minus ours, seconds
     snippet: str = "unknown"                 # ok | notexec | missing | unknown
     datasets: dict[str, Dataset] = field(default_factory=dict)
+    keys: dict[str, Key] = field(default_factory=dict)      # by encryption root
     zfs_error: str = ""
     seconds: float = 0.0
 
@@ -84,6 +117,10 @@ def parse_output(facts: NodeFacts, out: str, t_mid: float) -> NodeFacts:
                 pass
         elif line.startswith("@snippet ") and not in_zfs:
             facts.snippet = line.split()[1]
+        elif line.startswith("@key ") and not in_zfs:
+            parts = line[5:].split("\t")
+            if len(parts) == 4:
+                facts.keys[parts[0]] = Key(*parts)
         elif line == "@zfs":
             in_zfs = True
         elif line.startswith("@zfs-error"):
@@ -93,8 +130,9 @@ def parse_output(facts: NodeFacts, out: str, t_mid: float) -> NodeFacts:
             zfs_lines.append(line)
     for line in zfs_lines:
         parts = line.split("\t")
-        if len(parts) == 3:
-            facts.datasets[parts[0]] = Dataset(parts[0], parts[1], parts[2] == "yes")
+        if len(parts) in (3, 4):
+            root = parts[3] if len(parts) == 4 and parts[3] != "-" else ""
+            facts.datasets[parts[0]] = Dataset(parts[0], parts[1], parts[2] == "yes", root)
     return facts
 
 

@@ -34,7 +34,8 @@ def pve_tree(root: Path, nodes=("pve1", "pve2"), local="pve1", conf: str | None 
 class FakeNodes:
     """Runner for probe.py: `nodes` maps a node to its answer.
 
-    An answer is a dict: datasets {name: (mountpoint, mounted)}, snippet
+    An answer is a dict: datasets {name: (mountpoint, mounted)}, encroots
+    {name: encryption root}, keys {root: (keystatus, keylocation, result)}, snippet
     ('ok'|'missing'|'notexec'), skew (seconds), or dead=True (ssh fails),
     hang=True (the deadline expires). Other commands (systemctl, pvesh)
     answer from `commands` {argv[0]: (rc, out, err)}, else exit 127.
@@ -62,8 +63,12 @@ class FakeNodes:
             return 255, "", f"ssh: connect to host {node} port 22: Connection timed out"
         if a.get("hang"):
             return 124, "", "no answer within 1 s"
-        lines = [f"@time {time.time() + a.get('skew', 0.0):.6f}", f"@snippet {a.get('snippet', 'ok')}", "@zfs"]
-        lines += [f"{n}\t{mp}\t{'yes' if m else 'no'}" for n, (mp, m) in a.get("datasets", {}).items()]
+        lines = [f"@time {time.time() + a.get('skew', 0.0):.6f}", f"@snippet {a.get('snippet', 'ok')}"]
+        lines += [f"@key {root}\t{status}\t{location}\t{result}"
+                  for root, (status, location, result) in a.get("keys", {}).items()]
+        lines += ["@zfs"]
+        lines += [f"{n}\t{mp}\t{'yes' if m else 'no'}\t{a.get('encroots', {}).get(n, '-')}"
+                  for n, (mp, m) in a.get("datasets", {}).items()]
         return 0, "\n".join(lines) + "\n", ""
 
 

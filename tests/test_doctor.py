@@ -270,3 +270,42 @@ def _with_fakes(build, nodes):
         ctx.ha = pveapi.HaSource(ctx.cluster.root, runner=ctx.runner, token_file="/nonexistent")
         return ctx
     return wrapped
+
+
+# -- encryption keys (issue 9, item 4) ----------------------------------------------
+
+KEY = "file:///etc/zfs/keys/media.key"
+
+
+def encrypted(s, pve2_key=("unavailable", KEY, "ok")):
+    s.nodes["pve1"].update(encroots={"tank/media": "tank/media"}, keys={"tank/media": ("available", KEY, "ok")})
+    s.nodes["pve2"].update(encroots={"tank/media": "tank/media"}, keys={"tank/media": pve2_key})
+
+
+def test_an_encrypted_dataset_whose_key_every_node_can_load_is_ok(s):
+    encrypted(s)
+    st, rs = s.status("keys")
+    assert st == {"ok"} and "every node can load" in rs[0].detail
+
+
+def test_a_standby_that_cannot_load_the_key_fails_with_where_to_put_it(s):
+    encrypted(s, ("unavailable", KEY, "fail Key load error: Failed to open key material file: No such file"))
+    st, rs = s.status("keys")
+    assert st == {"FAIL"} and "pve2" in rs[0].detail and "No such file" in rs[0].detail
+    assert "/etc/zfs/keys/media.key" in rs[0].hint
+
+
+def test_keylocation_prompt_on_a_standby_fails_a_takeover_cannot_type(s):
+    encrypted(s, ("unavailable", "prompt", "prompt"))
+    st, rs = s.status("keys")
+    assert st == {"FAIL"} and "keylocation=prompt" in rs[0].detail
+
+
+def test_a_loaded_key_with_keylocation_prompt_warns_for_after_a_reboot(s):
+    encrypted(s, ("available", "prompt", "prompt"))
+    st, rs = s.status("keys")
+    assert st == {"warn"} and "after a reboot" in rs[0].detail
+
+
+def test_an_unencrypted_dataset_has_no_key_check(s):
+    assert not [r for r in s.results() if r.check == "keys"]

@@ -52,3 +52,11 @@ def test_a_node_whose_address_is_an_ssh_option_is_unreachable_not_a_crash():
     calls = []
     facts = probe.probe("pve2", "-oProxyCommand=x", local=False, runner=lambda argv, t: calls.append(argv))
     assert not facts.reachable and "not a host name" in facts.error and calls == []
+
+
+def test_key_lines_are_read_per_encryption_root_and_datasets_know_their_root():
+    out = ("@time 1\n@snippet ok\n@key tank/my data\tunavailable\tfile:///k\tfail Key load error: no file\n"
+           "@zfs\ntank/my data\t/tank/my data\tno\ttank/my data\ntank\t/tank\tyes\t-\n")
+    facts = probe.parse_output(probe.NodeFacts("pve2", False, True), out, 1.0)
+    assert facts.keys["tank/my data"].result == "fail Key load error: no file"
+    assert facts.datasets["tank/my data"].encroot == "tank/my data" and facts.datasets["tank"].encroot == ""

@@ -358,3 +358,16 @@ def test_a_mountpoint_that_is_taken_refuses_the_start_before_anything_changes(gr
         assert zfs_get("pve1", "mounted", group.ds) == "yes" and zfs_get("pve1", "readonly", group.ds) == "off"
     finally:
         sh("pve2", ["umount", group.mnt], check=False)
+
+
+def test_doctor_finds_a_node_that_could_not_load_the_key(encrypted):
+    group = encrypted
+    group.write("a.bin")
+    group.sync()
+    code = ("import json, sys; from pvezfsha import probe; "
+            "f = probe.probe('pve2', 'pve2', local=False, timeout=60); "
+            "d = f.datasets[sys.argv[1]]; print(json.dumps([d.encroot, f.keys[d.encroot].result]))")
+    assert json.loads(sh("pve1", ["python3", "-c", code, group.ds]).stdout) == [group.ds, "ok"]
+    sh("pve2", ["rm", "-f", group.key])
+    root, result = json.loads(sh("pve1", ["python3", "-c", code, group.ds]).stdout)
+    assert result.startswith("fail") and "No such file" in result, result
