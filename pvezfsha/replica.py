@@ -145,6 +145,12 @@ def promote(dataset: str, epoch: int, prefix: str = "pvezfsha") -> DatasetState:
     st = zfs.read_state(dataset)
     if not st.exists:
         raise ZfsError(f"{dataset} does not exist on this node")
+    if st.encrypted:
+        # A raw replica is held without its key, and mounting needs it.
+        # First, so that a key that will not load changes nothing.
+        problem = key_problem(dataset, load=True)
+        if problem:
+            raise ZfsError(f"{dataset}: {problem}")
     if st.resume is not None:
         logger.info(f"{dataset}: dropping an unfinished receive (it resumes from the new primary later)")
         zfs.abort_receive(dataset)
@@ -160,11 +166,6 @@ def promote(dataset: str, epoch: int, prefix: str = "pvezfsha") -> DatasetState:
     # The last-received hold only protects a standby's base; a primary prunes
     # by its cursors instead.
     zfs.release({f"{dataset}@{s.name}": [HOLD_LAST] for s in st.snapshots if HOLD_LAST in s.holds})
-    if st.encrypted:
-        # A raw replica is held without its key; mounting needs it.
-        problem = key_problem(dataset, load=True)
-        if problem:
-            raise ZfsError(f"{dataset}: {problem}")
     zfscli.set_props(dataset, {"readonly": "off", "canmount": "on"})
     if zfs.mountpoint(dataset) is None:
         zfscli.mount(dataset)
