@@ -289,6 +289,8 @@ def check_keys(ctx: Context, ct: Container) -> list[Result]:
                 problems.append(f"{node}: {d.encroot} has keylocation=prompt"
                                 + ("" if k.status != "available" else " (loaded now, but not after a reboot)"))
                 hints.append(f"on {node}: put the key in a file and zfs set keylocation=file:///<path> {root}")
+            elif k.result == "unchecked":
+                problems.append(f"{node}: the key of {d.encroot} was not checked (the probe ran out of time)")
             elif k.result != "ok":
                 bad = True
                 problems.append(f"{node}: the key of {d.encroot} cannot be loaded from {k.location}: "

@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from pvezfsha import zfs
+from pvezfsha import zfs, zfscli
 from pvezfsha.config import Options
 from pvezfsha.errors import ZfsError
 from pvezfsha.log import logger
@@ -126,10 +126,11 @@ class Replicator:
         t0 = time.monotonic()
         done: list[Step] = []
         if plan.steps:
+            keylocation = self._keylocation(src_ds) if "raw" in flags and source.encrypted else ""
             held = self._hold_steps(src_ds, plan.steps, source)
             try:
                 for step in plan.steps:
-                    self._run_step(src_ds, dst_ds, step, flags, out, source.keylocation)
+                    self._run_step(src_ds, dst_ds, step, flags, out, keylocation)
                     done.append(step)
             finally:
                 # Once per dataset, not per step: each move waits for a txg.
@@ -144,6 +145,15 @@ class Replicator:
         out.seconds = time.monotonic() - t0
         out.pruned = self._finish(dst_ds, target, done)
         return out
+
+    @staticmethod
+    def _keylocation(src_ds: str) -> str:
+        """Where our key is, for a raw replica to load it from at a takeover."""
+        try:
+            return zfscli.key_facts(src_ds).get("keylocation", "")
+        except ZfsError as e:
+            logger.warning(f"{src_ds}: cannot read its keylocation for the standbys: {e}")
+            return ""
 
     def _hold_steps(self, src_ds: str, steps, source: DatasetState) -> set[str]:
         """Persistent step holds on every snapshot the steps send from or to,

@@ -186,9 +186,7 @@ class Takeover:
             raise Refused(f"dataset(s) {', '.join(missing)} do not exist on {self.node}")
         # Before the old primary is asked to hand over and before the fence:
         # a start refused here leaves the container's data where it was.
-        problems = self.local.preflight(ct)
-        if problems:
-            raise Refused(f"CT {ct.ctid} cannot be taken over on {self.node}: {'; '.join(problems)}")
+        self._preflight()
 
         # A receive left waiting by a sender that died (or an old cycle)
         # would hold our datasets' locks through the pull and the promotion.
@@ -226,6 +224,9 @@ class Takeover:
                 logger.warning(f"CT {ct.ctid}: {verdict.message}")
             rep.notes.append(verdict.message)
 
+        # Again after the pull, which may have brought a new wrapping key
+        # (a `zfs change-key` on the old primary) or taken long.
+        self._preflight()
         rep.epoch = self._fence(record, rep)
         try:
             self.local.promote(ct, rep.epoch)
@@ -241,14 +242,20 @@ class Takeover:
         rep.seconds = time.monotonic() - t0
         return rep
 
+    def _preflight(self) -> None:
+        problems = self.local.preflight(self.ct)
+        if problems:
+            raise Refused(f"CT {self.ct.ctid} cannot be taken over on {self.node}: {'; '.join(problems)}")
+
     def _protect_peers(self, record: Record | None, rep: Report, prev: str | None) -> None:
         """Keep, for every other member, the snapshot it shares with us."""
         prefix = self.ct.options.snapshot_prefix
-        states = self.local.states(self.ct)
-        newest = {name: (v.guid if (v := newest_replication(st, prefix)) else None) for name, st in states.items()}
-        held = {name: tuple(v.guid for v in st.snapshots) for name, st in states.items()}
-        bases = peer_bases(self.node, self.ct.nodes, prev, rep.pulled_from, record, newest, held)
         try:
+            states = self.local.states(self.ct)
+            newest = {name: (v.guid if (v := newest_replication(st, prefix)) else None)
+                      for name, st in states.items()}
+            held = {name: tuple(v.guid for v in st.snapshots) for name, st in states.items()}
+            bases = peer_bases(self.node, self.ct.nodes, prev, rep.pulled_from, record, newest, held)
             for note in self.local.seed_cursors(self.ct, bases):
                 logger.info(f"CT {self.ct.ctid}: {note}")
         except PvezfshaError as e:

@@ -29,28 +29,36 @@ SNIPPET = "/var/lib/vz/snippets/pvezfsha-hook"
 # Sections are tagged lines so that one stream carries all facts; `zfs list`
 # comes last because its output has no fixed length. For each encryption
 # root, "@key" says whether a takeover here could load its key: a key not
-# loaded is tried with `zfs load-key -n` (nothing changes), a loaded one has
-# its key file checked, since it loads again only from there after a reboot.
-# A dataset name is data in a shell variable here, never shell code.
+# loaded is tried with `zfs load-key -n` (nothing changes), for a loaded one
+# the key file must be a regular file, since after a reboot it loads only
+# from there. A keylocation names a file that others may write near, so a
+# FIFO or a missing file is never opened, each load is cut at 3 s, and the
+# section stops trying after 5 s, so a node with many roots still answers.
+# Values are data in shell variables, printed with printf, never echo (dash's
+# echo would turn a backslash in a name into a new line).
 SCRIPT = f"""
 echo "@time $(date +%s.%N)"
 if [ -x {SNIPPET} ]; then echo "@snippet ok"; elif [ -e {SNIPPET} ]; then echo "@snippet notexec"; else echo "@snippet missing"; fi
 tab=$(printf '\\t')
+until=$(( $(date +%s) + 5 ))
 zfs list -H -p -t filesystem -o name,encryptionroot,keystatus,keylocation 2>/dev/null |
 while IFS="$tab" read -r name root status location; do
   [ "$name" = "$root" ] || continue
-  if [ "$status" != available ] && [ "$location" = prompt ]; then
+  path=${{location#file://}}
+  if [ "$location" = prompt ]; then
     r=prompt
-  elif [ "$status" != available ]; then
-    if out=$(zfs load-key -n "$name" </dev/null 2>&1); then r=ok; else r="fail $(echo "$out" | tr '\\n\\t' '  ')"; fi
+  elif [ "$path" != "$location" ] && [ ! -f "$path" ]; then
+    r="fail $path is not a regular file"
+  elif [ "$status" = available ]; then
+    r=ok
+  elif [ "$(date +%s)" -ge "$until" ]; then
+    r=unchecked
+  elif out=$(timeout 3 zfs load-key -n "$name" </dev/null 2>&1); then
+    r=ok
   else
-    case "$location" in
-      file://*) if [ -r "${{location#file://}}" ]; then r=ok; else r="fail ${{location#file://}} is not readable"; fi ;;
-      prompt) r=prompt ;;
-      *) r=ok ;;
-    esac
+    r="fail $(printf '%s' "$out" | tr '\\n\\t\\\\' '   ')"
   fi
-  echo "@key $name$tab$status$tab$location$tab$r"
+  printf '@key %s\\t%s\\t%s\\t%s\\n' "$name" "$status" "$location" "$r"
 done
 echo "@zfs"
 zfs list -H -p -t filesystem -o name,mountpoint,mounted,encryptionroot 2>&1 || echo "@zfs-error $?"

@@ -229,7 +229,8 @@ class Server:
         stall = _seconds(req, "stall", 300.0)
         keylocation = req.get("keylocation") or ""
         if keylocation and not (isinstance(keylocation, str) and KEYLOCATION.fullmatch(keylocation)):
-            raise _bad(f"keylocation: {keylocation!r} is not a file:// or https:// location")
+            raise _bad(f"keylocation: {keylocation!r} is not a file:/// or https:// location without "
+                       f"spaces, control characters or backslashes")
         self._configured(req, ds)
         _uint(req, "epoch")
         self._lock(ds)
@@ -251,13 +252,24 @@ class Server:
         self._restore_props(ds, local)
         if not q.readonly or q.canmount != "noauto":
             zfscli.set_props(ds, INERT)
-        if raw and keylocation and q.encroot == ds and q.keylocation == "prompt":
-            # A raw receive makes this copy an encryption root with
-            # keylocation=prompt: a takeover here could never load the key.
-            # The primary's location, unless an admin chose one here.
-            zfscli.set_props(ds, {"keylocation": keylocation})
-            logger.info(f"{ds}: keylocation set to {keylocation}, the primary's")
+        if raw and keylocation:
+            self._adopt_keylocation(ds, keylocation)
         return {"guid": q.guids[short]}
+
+    @staticmethod
+    def _adopt_keylocation(ds: str, keylocation: str) -> None:
+        """A raw receive makes this copy an encryption root with
+        keylocation=prompt, which no takeover here could answer: take the
+        primary's location, unless an admin chose one here. The stream has
+        landed; a failure here is a warning, not a failed receive."""
+        try:
+            facts = zfscli.key_facts(ds)
+            if facts.get("encryptionroot") == ds and facts.get("keylocation") == "prompt":
+                zfscli.set_props(ds, {"keylocation": keylocation})
+                logger.info(f"{ds}: keylocation set to {keylocation}, the primary's")
+        except ZfsError as e:
+            logger.warning(f"{ds}: could not set keylocation={keylocation}: {e}; a takeover here cannot "
+                           f"load the key until it is set")
 
     @staticmethod
     def _restore_props(ds: str, before: dict[str, str]) -> None:

@@ -16,8 +16,10 @@ those writes are either sent (a handover) or kept as a divergence (fencing).
 mountpoint that is taken, an encryption key that cannot be loaded) before a
 takeover fences anything: a start refused then leaves the old primary and
 the record as they were. What can still fail after the fence leaves the
-dataset read-only and unmounted, so the next pre-start on this node (HA's
-retry, or `pvezfsha promote`) is a restart in place that promotes again.
+dataset unmounted or unproven (a key that will not load changes nothing at
+all), so the next pre-start on this node (HA's retry, or `pvezfsha
+promote`) is a restart in place that finds it not writable and promotes
+again.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import os
 import re
 import secrets
 import shlex
+import stat
 
 from pvezfsha import zfs, zfscli
 from pvezfsha.errors import ZfsError
@@ -38,7 +41,6 @@ ROLE_PROP = "pvezfsha:role"
 INERT = {"readonly": "on", "canmount": "noauto"}
 # A degraded pool still writes; a suspended, faulted or unavailable one does not.
 WRITABLE_HEALTH = ("ONLINE", "DEGRADED")
-_PREFLIGHT_PROPS = ["mountpoint", "overlay", "encryption", "encryptionroot", "keystatus", "keylocation"]
 
 
 def _mounted_at(path: str) -> str | None:
@@ -62,20 +64,32 @@ def _unescape(field: str) -> str:
 def key_problem(dataset: str, props: dict[str, str] | None = None, *, load: bool = False) -> str | None:
     """None if the dataset's key is loaded, or loads from its keylocation
     (with load=False only checked, `zfs load-key -n`); else what to fix."""
-    props = props or zfscli.get_props(dataset, _PREFLIGHT_PROPS)
+    props = props or zfscli.key_facts(dataset)
     if props.get("encryption", "off") == "off" or props.get("keystatus") == "available":
         return None
     root, where = props.get("encryptionroot") or dataset, props.get("keylocation", "prompt")
+    fix = f"zfs set keylocation=file:///<path> {shlex.quote(root)}"
     if where == "prompt":
         return (f"the encryption key of {root} is not loaded and its keylocation is prompt, which a "
                 f"takeover cannot answer: load it by hand (zfs load-key {shlex.quote(root)}) or keep the key "
-                f"in a file on this node (zfs set keylocation=file:///<path> {shlex.quote(root)})")
+                f"in a file on this node ({fix})")
+    if where.startswith("file://"):
+        # What a keylocation names may sit where others write: never read a
+        # FIFO (it would block) or anything but a regular file.
+        path = where.removeprefix("file://")
+        try:
+            regular = stat.S_ISREG(os.stat(path).st_mode)
+        except OSError as e:
+            return (f"the encryption key of {root} cannot be loaded from {where} on this node "
+                    f"({e.strerror}): put the key there, or point keylocation at it ({fix})")
+        if not regular:
+            return f"{path}, the keylocation of {root}, is not a regular file: put the key there ({fix})"
     try:
         zfscli.load_key(root, noop=not load)
     except ZfsError as e:
         detail = str(e).split(": ", 1)[-1]
         return (f"the encryption key of {root} cannot be loaded from {where} on this node ({detail}): "
-                f"put the key there, or point keylocation at it (zfs set keylocation=... {shlex.quote(root)})")
+                f"put the key there, or point keylocation at it ({fix})")
     return None
 
 
@@ -91,25 +105,42 @@ def preflight(dataset: str) -> list[str]:
                             f"(see zpool status {pool})")
         elif pp.get("readonly") == "on":
             problems.append(f"pool {pool} is imported read-only: export it and import it again read-write")
-        props = zfscli.get_props(dataset, _PREFLIGHT_PROPS)
+        props = zfscli.key_facts(dataset, ["mountpoint", "overlay"])
     except ZfsError as e:
         return problems + [str(e)]
     if zfs.mountpoint(dataset) is None:
-        mp = props.get("mountpoint", "none")
-        if not mp.startswith("/"):
-            problems.append(f"{dataset} has mountpoint={mp}, so it cannot be mounted for the container's "
-                            f"bind mount: zfs set mountpoint=<path> {shlex.quote(dataset)}")
-        elif (other := _mounted_at(mp)) is not None:
-            problems.append(f"{mp}, the mountpoint of {dataset}, already has {other} mounted on it: unmount it")
-        elif os.path.lexists(mp) and (os.path.islink(mp) or not os.path.isdir(mp)):
-            problems.append(f"{mp}, the mountpoint of {dataset}, is not a directory: move it away")
-        elif props.get("overlay") == "off" and os.path.isdir(mp) and os.listdir(mp):
-            problems.append(f"{mp}, the mountpoint of {dataset}, is not empty and overlay=off: "
-                            f"move its contents away")
+        problem = _mountpoint_problem(dataset, props.get("mountpoint", "none"), props.get("overlay"))
+        if problem:
+            problems.append(problem)
     key = key_problem(dataset, props)
     if key:
         problems.append(key)
     return problems
+
+
+def _mountpoint_problem(dataset: str, mp: str, overlay: str | None) -> str | None:
+    if not mp.startswith("/"):
+        return (f"{dataset} has mountpoint={mp}, so it cannot be mounted for the container's bind mount: "
+                f"zfs set mountpoint=<path> {shlex.quote(dataset)}")
+    if (other := _mounted_at(mp)) is not None:
+        return f"{mp}, the mountpoint of {dataset}, already has {other} mounted on it: unmount it"
+    try:
+        st = os.lstat(mp)
+    except FileNotFoundError:
+        return None          # zfs mount creates it
+    except OSError as e:
+        return f"{mp}, the mountpoint of {dataset}, cannot be examined: {e.strerror}"
+    if not stat.S_ISDIR(st.st_mode):
+        return f"{mp}, the mountpoint of {dataset}, is not a directory: move it away"
+    if overlay == "off":
+        try:
+            with os.scandir(mp) as entries:
+                busy = next(entries, None) is not None
+        except OSError as e:
+            return f"{mp}, the mountpoint of {dataset}, cannot be read: {e.strerror}"
+        if busy:
+            return f"{mp}, the mountpoint of {dataset}, is not empty and overlay=off: move its contents away"
+    return None
 
 
 def check_writable(dataset: str) -> str | None:
@@ -145,12 +176,12 @@ def promote(dataset: str, epoch: int, prefix: str = "pvezfsha") -> DatasetState:
     st = zfs.read_state(dataset)
     if not st.exists:
         raise ZfsError(f"{dataset} does not exist on this node")
-    if st.encrypted:
-        # A raw replica is held without its key, and mounting needs it.
-        # First, so that a key that will not load changes nothing.
-        problem = key_problem(dataset, load=True)
-        if problem:
-            raise ZfsError(f"{dataset}: {problem}")
+    # A raw replica is held without its key, and mounting needs it. Asked of
+    # `zfs get`, not of st.encrypted, and first, so that a key that will not
+    # load changes nothing.
+    problem = key_problem(dataset, load=True)
+    if problem:
+        raise ZfsError(f"{dataset}: {problem}")
     if st.resume is not None:
         logger.info(f"{dataset}: dropping an unfinished receive (it resumes from the new primary later)")
         zfs.abort_receive(dataset)

@@ -16,8 +16,10 @@ HOLD_LAST = "pvezfsha-last"          # standby: the last received snapshot
 HOLD_STEP = "pvezfsha-step"          # source: from/to of a transfer in flight
 CURSOR = "cursor"                    # source bookmark <prefix>_cursor_<node>_<guid>
 DIVERGED = "diverged"                # <prefix>-diverged_<ts>: kept, never pruned
-# A keylocation a takeover can load from without anyone typing (not prompt).
-KEYLOCATION = re.compile(r"(file:///|https?://)[^\x00-\x1f\x7f]{1,4000}")
+# A keylocation a standby takes from its primary: a key file or an https
+# URL (not prompt, which no takeover can answer, nor plain http), with no
+# control characters or backslashes, which shell tools would interpret.
+KEYLOCATION = re.compile(r"(file:///|https://)[^\x00-\x20\x7f\\]{1,4000}")
 
 
 @dataclass(frozen=True)
@@ -67,8 +69,6 @@ class DatasetState:
     encrypted: bool = False
     origin: str = ""                        # fs@snap when the dataset is a clone
     props: dict[str, str] = field(default_factory=dict)   # pvezfsha:* user properties
-    keylocation: str = ""                   # encrypted: its encryption root's keylocation
-    encroot: str = ""                       # encrypted: its encryption root
 
     @property
     def newest(self) -> Version | None:

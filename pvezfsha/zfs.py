@@ -8,6 +8,14 @@ createtxg, holds, the resume token and a few properties, as one consistent
 view, without parsing `zfs list` text. What libzfs_core cannot do at all
 (system properties, mounting) lives in zfscli.py.
 
+Whether a dataset is encrypted is read as `keyformat` != none: before
+OpenZFS 2.3.3 a channel program reads `encryption` as "off" and
+`encryptionroot` as nil on every dataset (openzfs/zfs#12337, fixed by
+openzfs/zfs#17280), which would send an encrypted dataset decrypted on PVE 8
+(OpenZFS 2.2). `keyformat` and `keystatus` come from the dataset's crypto
+stats in every release. The encryption root and its keylocation are read
+with `zfs get` (zfscli.key_facts), only where a key matters.
+
 pyzfs quirks handled here, so no other module sees them:
 * names are bytes, send flags are str;
 * channel-program numbers are int64, so guids above 2**63 come back negative;
@@ -62,17 +70,10 @@ for name, value in zfs.list.user_properties(ds) do
   if string.sub(name, 1, 9) == "pvezfsha:" then props[name] = value end
 end
 local token = zfs.get_prop(ds, "receive_resume_token")
-local enc = zfs.get_prop(ds, "encryption")
-local out = {exists = true, snaps = snaps, bookmarks = bms, token = token,
+return {exists = true, snaps = snaps, bookmarks = bms, token = token,
         written = zfs.get_prop(ds, "written"), referenced = zfs.get_prop(ds, "referenced"),
         readonly = zfs.get_prop(ds, "readonly"), canmount = zfs.get_prop(ds, "canmount"),
-        encryption = enc, origin = zfs.get_prop(ds, "origin"), props = props}
-if enc ~= "off" then
-  -- A child reads keylocation "none": the key is its encryption root's.
-  out.encroot = zfs.get_prop(ds, "encryptionroot")
-  out.keylocation = zfs.get_prop(out.encroot, "keylocation")
-end
-return out
+        keyformat = zfs.get_prop(ds, "keyformat"), origin = zfs.get_prop(ds, "origin"), props = props}
 """
 
 
@@ -168,10 +169,9 @@ def read_state(dataset: str) -> DatasetState:
         dataset=dataset, exists=True, snapshots=tuple(snaps), bookmarks=tuple(bookmarks),
         resume=resume, written=int(res.get(b"written") or 0), referenced=int(res.get(b"referenced") or 0),
         readonly=_flag(res.get(b"readonly")), canmount=_s(res.get(b"canmount") or "on"),
-        mounted=mountpoint(dataset) is not None, encrypted=_s(res.get(b"encryption") or "off") != "off",
+        mounted=mountpoint(dataset) is not None, encrypted=_s(res.get(b"keyformat") or "none") != "none",
         origin=_s(res.get(b"origin") or ""),
         props={_s(k): _s(v) for k, v in (res.get(b"props") or {}).items()},
-        keylocation=_s(res.get(b"keylocation") or ""), encroot=_s(res.get(b"encroot") or ""),
     )
 
 
@@ -185,10 +185,6 @@ local out = {exists = true, written = zfs.get_prop(ds, "written"),
              token = zfs.get_prop(ds, "receive_resume_token"), guids = {}, props = {}}
 for name, value in zfs.list.user_properties(ds) do
   if string.sub(name, 1, 9) == "pvezfsha:" then out.props[name] = value end
-end
-if zfs.get_prop(ds, "encryption") ~= "off" then
-  out.encroot = zfs.get_prop(ds, "encryptionroot")
-  out.keylocation = zfs.get_prop(out.encroot, "keylocation")
 end
 for i = 2, #args["argv"] do
   local snap = ds .. "@" .. args["argv"][i]
@@ -212,8 +208,6 @@ class Quick:
     guids: dict[str, int] = field(default_factory=dict)
     props: dict[str, str] = field(default_factory=dict)     # pvezfsha's own user properties
     mounted: bool = False
-    keylocation: str = ""    # the encryption root's; "" when not encrypted
-    encroot: str = ""
 
 
 def quick_state(dataset: str, snapshots: list[str] = ()) -> Quick:
@@ -236,8 +230,7 @@ def quick_state(dataset: str, snapshots: list[str] = ()) -> Quick:
                  bool(token) and _s(token) not in ("-", ""),
                  {_s(k): v & _U64 for k, v in (res.get(b"guids") or {}).items()},
                  {_s(k): _s(v) for k, v in (res.get(b"props") or {}).items()},
-                 mountpoint(dataset) is not None,
-                 _s(res.get(b"keylocation") or ""), _s(res.get(b"encroot") or ""))
+                 mountpoint(dataset) is not None)
 
 
 _LOCAL_PROPS_PROGRAM = b"""

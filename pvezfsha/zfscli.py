@@ -3,8 +3,9 @@ libzfs_core has no call for them: setting system properties
 (openzfs/zfs#12675), mounting, renaming a dataset that may be mounted
 (lzc_rename does not unmount), cloning with properties (lzc_clone takes
 native properties only in their kernel encoding, which `zfs clone -o` does
-for us), reading the encryption and pool properties a channel program cannot
-(keystatus, keylocation, a pool's health), and loading a key.
+for us), reading what a channel program cannot read in every release (a
+dataset's encryption root before OpenZFS 2.3.3, openzfs/zfs#12337) or at all
+(a pool's health), and loading a key.
 
 Loading a key goes through `zfs load-key`, not `lzc_load_key`: the latter
 takes the 32-byte wrapping key, and turning what `keylocation` points at
@@ -51,6 +52,19 @@ def pool_props(pool: str, props: list[str]) -> dict[str, str]:
     out = _run(["get", "-Hp", "-o", "property,value", ",".join(props), pool],
                f"reading {', '.join(props)} of pool {pool}", timeout=30, program=ZPOOL)
     return dict(line.split("\t", 1) for line in out.splitlines() if "\t" in line)
+
+
+KEY_PROPS = ["encryption", "encryptionroot", "keystatus", "keylocation"]
+
+
+def key_facts(dataset: str, extra: list[str] = ()) -> dict[str, str]:
+    """`KEY_PROPS` (and `extra`) of a dataset; keylocation is its encryption
+    root's, since a child of the root reads "none"."""
+    props = get_props(dataset, [*KEY_PROPS, *extra])
+    root = props.get("encryptionroot", "-")
+    if props.get("encryption", "off") != "off" and root not in ("-", "", dataset):
+        props["keylocation"] = get_props(root, ["keylocation"]).get("keylocation", "prompt")
+    return props
 
 
 def load_key(root: str, *, location: str | None = None, noop: bool = False) -> None:

@@ -349,10 +349,3 @@ def test_a_promotion_that_fails_after_the_fence_says_what_to_fix_and_how_to_retr
         t.run()
     assert "encryption key" in str(e.value) and "pvezfsha promote 103" in str(e.value)
     assert store.read(103).primary == "pve2" and local.cursors == {"pve1": {"tank/media": 102}}
-
-
-def test_the_retry_after_a_failed_promotion_is_a_restart_in_place_that_promotes(tmp_path):
-    t, local, peers, store = arrange(tmp_path, record=rec(primary="pve2", epoch=5))
-    local.problem_list = ["tank/media is not mounted"]
-    report = t.run()
-    assert report.case == Case.RESTART and local.promoted == 5 and peers.calls == []

@@ -60,3 +60,45 @@ def test_key_lines_are_read_per_encryption_root_and_datasets_know_their_root():
     facts = probe.parse_output(probe.NodeFacts("pve2", False, True), out, 1.0)
     assert facts.keys["tank/my data"].result == "fail Key load error: no file"
     assert facts.datasets["tank/my data"].encroot == "tank/my data" and facts.datasets["tank"].encroot == ""
+
+
+FAKE_ZFS = r"""#!/bin/sh
+# zfs as the probe calls it, for three encryption roots and a child.
+case "$1 $2" in
+  "list -H")
+    case "$*" in
+      *encryptionroot,keystatus*)
+        printf 'tank\t-\tnone\tnone\n'
+        printf 'tank/ok\ttank/ok\tunavailable\tfile://%s/key\n' "$KEYDIR"
+        printf 'tank/ok/child\ttank/ok\tunavailable\tnone\n'
+        printf 'tank/gone\ttank/gone\tunavailable\tfile://%s/missing\\n@key forged\n' "$KEYDIR"
+        printf 'tank/fifo\ttank/fifo\tunavailable\tfile://%s/fifo\n' "$KEYDIR"
+        printf 'tank/typed\ttank/typed\tunavailable\tprompt\n' ;;
+      *) printf 'tank\t/tank\tyes\t-\ntank/ok\t/tank/ok\tno\ttank/ok\n' ;;
+    esac ;;
+  "load-key -n") echo "load-key $3" >> "$KEYDIR/calls"; [ "$3" = tank/ok ] ;;
+esac
+"""
+
+
+def test_the_real_script_reports_each_encryption_root_under_dash_and_never_opens_a_fifo(tmp_path, monkeypatch):
+    import os
+    import shutil
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "zfs").write_text(FAKE_ZFS)
+    (bindir / "zfs").chmod(0o755)
+    (tmp_path / "key").write_bytes(b"k" * 32)
+    os.mkfifo(tmp_path / "fifo")
+    monkeypatch.setenv("KEYDIR", str(tmp_path))
+    monkeypatch.setenv("PATH", f"{bindir}:/usr/bin:/bin")
+    shell = shutil.which("dash") or "sh"
+    rc, out, err = probe.run_subprocess([shell, "-c", probe.SCRIPT], 10)
+    facts = probe.parse_output(probe.NodeFacts("me", True, True), out, 0.0)
+    assert facts.keys["tank/ok"].result == "ok"
+    assert facts.keys["tank/fifo"].result == f"fail {tmp_path}/fifo is not a regular file"
+    assert facts.keys["tank/typed"].result == "prompt"
+    assert facts.keys["tank/gone"].result.startswith("fail") and "forged" not in facts.keys
+    assert set(facts.keys) == {"tank/ok", "tank/gone", "tank/fifo", "tank/typed"}
+    assert (tmp_path / "calls").read_text() == "load-key tank/ok\n"     # the only one it tried
+    assert facts.datasets["tank/ok"].encroot == "tank/ok"

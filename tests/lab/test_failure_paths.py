@@ -7,6 +7,7 @@ Each test is one scenario of issue 9, named after what an admin relies on.
 
 import json
 import re
+import shlex
 import time
 
 import pytest
@@ -370,4 +371,69 @@ def test_doctor_finds_a_node_that_could_not_load_the_key(encrypted):
     assert json.loads(sh("pve1", ["python3", "-c", code, group.ds]).stdout) == [group.ds, "ok"]
     sh("pve2", ["rm", "-f", group.key])
     root, result = json.loads(sh("pve1", ["python3", "-c", code, group.ds]).stdout)
-    assert result.startswith("fail") and "No such file" in result, result
+    assert result == f"fail {group.key} is not a regular file", result
+
+
+# -- the first start before the first send (item 8) ----------------------------------
+
+def test_a_start_elsewhere_before_the_first_send_does_not_trust_a_writable_placeholder(group):
+    sh("pve2", ["zfs", "create", group.ds])          # an admin's empty, writable placeholder
+    group.write("a.bin")
+    group.sync(expect=1, env=UNREACHABLE)            # the first cycle never reached pve2
+    assert group.record("pve2")["primary"] == "pve1"  # but the group is recorded
+    group.crashed("pve1")
+    group.move("pve2")
+    p = group.hook("pve2", "pre-start")
+    assert p.returncode == 1 and "no replicated snapshot here" in p.stderr, p.stdout + p.stderr
+    assert group.record("pve2")["primary"] == "pve1"
+
+
+# -- the receiver trusts its own config, and reads take no lock (items 10, 14) ----------
+
+def receiver(group, node, *requests):
+    """Replies of `pvezfsha receive` on node to JSON request lines, as a sender's session sends them."""
+    lines = [json.dumps({"op": "hello", "protocol": 1}), *map(json.dumps, requests)]
+    p = sh(node, ["pvezfsha", "--config", group.config, "receive"], input="\n".join(lines) + "\n", check=False)
+    replies = [json.loads(line) for line in p.stdout.splitlines() if line.startswith("{")]
+    assert replies and replies[0]["ok"], p.stdout + p.stderr
+    return replies[1:]
+
+
+def test_the_receiver_refuses_what_its_own_config_does_not_give_it(group):
+    group.write("a.bin")
+    group.sync()
+    epoch = group.record("pve2")["epoch"]
+    other, no_ctid, forced = receiver(
+        group, "pve2",
+        {"op": "state", "dataset": "tank/not-protected", "ctid": group.ctid, "epoch": epoch},
+        {"op": "state", "dataset": group.ds, "epoch": epoch},
+        {"op": "receive", "snapshot": f"{group.ds}@x", "guid": 1, "force": True, "ctid": group.ctid,
+         "epoch": epoch})
+    assert (other["ok"], other["kind"]) == (False, "NotConfigured"), other
+    assert (no_ctid["ok"], no_ctid["kind"]) == (False, "NotConfigured"), no_ctid
+    assert (forced["ok"], forced["kind"]) == (False, "Refused"), forced
+    # Nothing is pushed into the node the record names primary.
+    [into_primary] = receiver(group, "pve1", {"op": "receive", "snapshot": f"{group.ds}@x", "guid": 1,
+                                              "ctid": group.ctid, "epoch": epoch})
+    assert (into_primary["ok"], into_primary["kind"]) == (False, "Primary"), into_primary
+    assert zfs_get("pve1", "readonly", group.ds) == "off" and zfs_get("pve1", "mounted", group.ds) == "yes"
+
+
+def test_a_survivor_busy_receiving_still_answers_a_read(group):
+    group.write("a.bin")
+    group.sync()
+    # A receive (or any run) holds the dataset's lock on pve2 meanwhile.
+    holder = ("import sys, time; from pvezfsha import state\n"
+              "with state.dataset_lock(sys.argv[1], 'receive'):\n"
+              "    print('held', flush=True); time.sleep(60)")
+    sh("pve2", f"nohup python3 -c {shlex.quote(holder)} {shlex.quote(group.ds)} > /tmp/holder-{group.ctid} 2>&1 &")
+    try:
+        deadline = time.time() + 30
+        while "held" not in sh("pve2", ["cat", f"/tmp/holder-{group.ctid}"], check=False).stdout:
+            assert time.time() < deadline, "the lock holder did not start"
+            time.sleep(0.5)
+        [st] = receiver(group, "pve2", {"op": "state", "dataset": group.ds, "ctid": group.ctid,
+                                        "epoch": group.record("pve2")["epoch"]})
+        assert st["ok"] and st["state"]["snapshots"], st
+    finally:
+        sh("pve2", ["pkill", "-f", "from pvezfsha import state"], check=False)
