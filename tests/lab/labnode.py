@@ -51,7 +51,11 @@ def sh(node: str, cmd: list[str] | str, *, check: bool = True, env: dict | None 
             if check and p.returncode != 0:
                 raise AssertionError(f"{node}: {cmd} exited {p.returncode}\n{p.stdout}\n{p.stderr}")
             return p
-        argv = ["ssh", "-o", "BatchMode=yes", node, line]
+        # One shared connection per node: a new one costs ~1.8 s between
+        # two TCG guests, and a test makes dozens. pvezfsha's own ssh
+        # sessions are not shared: they are what the tests exercise.
+        argv = ["ssh", "-o", "BatchMode=yes", "-o", "ControlMaster=auto", "-o", "ControlPersist=300",
+                "-o", "ControlPath=/run/labnode-ssh-%h", node, line]
         env = None
     else:
         argv = cmd
