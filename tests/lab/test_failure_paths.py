@@ -374,13 +374,22 @@ def test_doctor_finds_a_node_that_could_not_load_the_key(encrypted):
     assert result == f"fail {group.key} is not a regular file", result
 
 
-# -- the first start before the first send (item 8) ----------------------------------
+# -- a start elsewhere during the first send (item 8) ----------------------------------
 
-def test_a_start_elsewhere_before_the_first_send_does_not_trust_a_writable_placeholder(group):
+def test_a_start_elsewhere_during_the_first_send_does_not_trust_a_writable_placeholder(group):
     sh("pve2", ["zfs", "create", group.ds])          # an admin's empty, writable placeholder
-    group.write("a.bin")
-    group.sync(expect=1, env=UNREACHABLE)            # the first cycle never reached pve2
-    assert group.record("pve2")["primary"] == "pve1"  # but the group is recorded
+    group.write("big.bin", 48)
+    group.write_config("pve1", defaults={"bandwidth_limit": "2M"})
+    first = group.popen_sync()
+    try:
+        deadline = time.time() + 120
+        while sh("pve2", ["pgrep", "-f", "pvezfsha.* receive"], check=False).returncode != 0:
+            assert first.poll() is None and time.time() < deadline, "the first send never started"
+            time.sleep(0.5)
+    finally:
+        first.kill()                                  # pve1 dies during its first full send
+        first.communicate()
+    group.pmxcfs_sync("pve1")
     group.crashed("pve1")
     group.move("pve2")
     p = group.hook("pve2", "pre-start")
