@@ -5,6 +5,7 @@ write probe that hostile files in a share cannot turn against the host.
 Each test is one scenario of issue 9, named after what an admin relies on.
 """
 
+import contextlib
 import json
 import re
 import shlex
@@ -428,21 +429,44 @@ def test_the_receiver_refuses_what_its_own_config_does_not_give_it(group):
     assert zfs_get("pve1", "readonly", group.ds) == "off" and zfs_get("pve1", "mounted", group.ds) == "yes"
 
 
+@contextlib.contextmanager
+def lock_held(node, ds, what):
+    """The dataset's pvezfsha lock held on node by another process (a
+    receive, a promotion) for the duration of the block."""
+    holder = ("import sys, time; from pvezfsha import state\n"
+              "with state.dataset_lock(sys.argv[1], sys.argv[2]):\n"
+              "    print('held', flush=True); time.sleep(120)")
+    out = f"/tmp/holder-{ds.replace('/', '-')}"
+    sh(node, f"nohup python3 -c {shlex.quote(holder)} {shlex.quote(ds)} {what} > {out} 2>&1 &")
+    try:
+        deadline = time.time() + 30
+        while "held" not in sh(node, ["cat", out], check=False).stdout:
+            assert time.time() < deadline, "the lock holder did not start"
+            time.sleep(0.5)
+        yield
+    finally:
+        sh(node, ["pkill", "-f", "from pvezfsha import state"], check=False)
+
+
 def test_a_survivor_busy_receiving_still_answers_a_read(group):
     group.write("a.bin")
     group.sync()
-    # A receive (or any run) holds the dataset's lock on pve2 meanwhile.
-    holder = ("import sys, time; from pvezfsha import state\n"
-              "with state.dataset_lock(sys.argv[1], 'receive'):\n"
-              "    print('held', flush=True); time.sleep(60)")
-    sh("pve2", f"nohup python3 -c {shlex.quote(holder)} {shlex.quote(group.ds)} > /tmp/holder-{group.ctid} 2>&1 &")
-    try:
-        deadline = time.time() + 30
-        while "held" not in sh("pve2", ["cat", f"/tmp/holder-{group.ctid}"], check=False).stdout:
-            assert time.time() < deadline, "the lock holder did not start"
-            time.sleep(0.5)
+    with lock_held("pve2", group.ds, "receive"):
         [st] = receiver(group, "pve2", {"op": "state", "dataset": group.ds, "ctid": group.ctid,
                                         "epoch": group.record("pve2")["epoch"]})
-        assert st["ok"] and st["state"]["snapshots"], st
-    finally:
-        sh("pve2", ["pkill", "-f", "from pvezfsha import state"], check=False)
+    assert st["ok"] and st["state"]["snapshots"], st
+
+
+# -- demote and promote of a dataset are serialised (item 11) ----------------------
+
+def test_the_standbys_fencing_never_unmounts_a_dataset_a_promotion_holds(group):
+    group.write("a.bin")
+    group.sync()
+    # pve2 is taking over: its copy is writable and mounted, and the promotion
+    # holds the dataset while the record still names pve1.
+    sh("pve2", ["zfs", "set", "readonly=off", "canmount=on", group.ds])
+    sh("pve2", ["zfs", "mount", group.ds])
+    with lock_held("pve2", group.ds, "promote"):
+        p = group.sync(node="pve2")                    # the standby's timer cycle meanwhile
+    assert "fencing it next cycle" in p.stderr, p.stderr
+    assert zfs_get("pve2", "mounted", group.ds) == "yes" and zfs_get("pve2", "readonly", group.ds) == "off"
