@@ -28,7 +28,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from pvezfsha import replica, state, zfs
+from pvezfsha import faults, replica, state, zfs
 from pvezfsha.cluster import Cluster
 from pvezfsha.config import Config, Container
 from pvezfsha.engine import human_bytes, move_cursor
@@ -228,6 +228,7 @@ class Takeover:
         # (a `zfs change-key` on the old primary) or taken long.
         self._preflight()
         rep.epoch = self._fence(record, rep)
+        faults.point("takeover.fenced")
         try:
             self.local.promote(ct, rep.epoch)
         except PvezfshaError as e:

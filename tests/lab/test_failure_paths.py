@@ -470,3 +470,26 @@ def test_the_standbys_fencing_never_unmounts_a_dataset_a_promotion_holds(group):
         p = group.sync(node="pve2")                    # the standby's timer cycle meanwhile
     assert "fencing it next cycle" in p.stderr, p.stderr
     assert zfs_get("pve2", "mounted", group.ds) == "yes" and zfs_get("pve2", "readonly", group.ds) == "off"
+
+
+# -- a takeover killed between the fence and the promotion ---------------------------
+
+def test_a_takeover_killed_after_the_fence_is_finished_by_the_retry_and_loses_nothing(group):
+    group.write("a.bin", 2)
+    group.sync()
+    assert group.hook("pve1", "pre-stop").returncode == 0
+    group.write("late.bin", 1)                        # after the final push: only the pull brings it
+    want = sh("pve1", ["sha256sum", f"{group.mnt}/late.bin"]).stdout.split()[0]
+    group.move("pve2")
+    # pvezfsha promote runs pre-start's code; the process dies right after the fence.
+    p = group.run("promote", str(group.ctid), node="pve2", env={"PVEZFSHA_FAULT": "takeover.fenced"})
+    assert p.returncode != 0
+    rec = group.record("pve2")
+    assert (rec["primary"], rec["epoch"]) == ("pve2", 2)
+    assert zfs_get("pve2", "mounted", group.ds) == "no"
+    # HA's retry on the same node.
+    p = group.hook("pve2", "pre-start")
+    assert p.returncode == 0 and "restart in place" in p.stdout, p.stdout + p.stderr
+    assert zfs_get("pve2", "mounted", group.ds) == "yes" and zfs_get("pve2", "readonly", group.ds) == "off"
+    assert sh("pve2", ["sha256sum", f"{group.mnt}/late.bin"]).stdout.split()[0] == want
+    assert zfs_get("pve1", "readonly", group.ds) == "on" and zfs_get("pve1", "mounted", group.ds) == "no"
