@@ -41,17 +41,16 @@ def _run(args: list[str], action: str, timeout: float = 120, program: str = ZFS)
     return p.stdout
 
 
-def get_props(dataset: str, props: list[str]) -> dict[str, str]:
-    """Parsable values (`zfs get -Hp`) of the named properties."""
+def get_props(dataset: str, props: list[str], *, program: str = ZFS) -> dict[str, str]:
+    """Parsable values (`zfs get -Hp`, or `zpool get -Hp` of a pool) of the
+    named properties."""
     out = _run(["get", "-Hp", "-o", "property,value", ",".join(props), dataset],
-               f"reading {', '.join(props)} of {dataset}", timeout=30)
+               f"reading {', '.join(props)} of {dataset}", timeout=30, program=program)
     return dict(line.split("\t", 1) for line in out.splitlines() if "\t" in line)
 
 
 def pool_props(pool: str, props: list[str]) -> dict[str, str]:
-    out = _run(["get", "-Hp", "-o", "property,value", ",".join(props), pool],
-               f"reading {', '.join(props)} of pool {pool}", timeout=30, program=ZPOOL)
-    return dict(line.split("\t", 1) for line in out.splitlines() if "\t" in line)
+    return get_props(pool, props, program=ZPOOL)
 
 
 KEY_PROPS = ["encryption", "encryptionroot", "keystatus", "keylocation"]
@@ -67,12 +66,12 @@ def key_facts(dataset: str, extra: list[str] = ()) -> dict[str, str]:
     return props
 
 
-def load_key(root: str, *, location: str | None = None, noop: bool = False) -> None:
-    """Load the wrapping key of encryption root `root` from its keylocation
-    (or `location`); with noop, only check that it would load (`-n`)."""
-    args = ["load-key", *(["-n"] if noop else []), *(["-L", location] if location else []), root]
+def load_key(root: str, *, noop: bool = False) -> None:
+    """Load the wrapping key of encryption root `root` from its keylocation;
+    with noop, only check that it would load (`-n`)."""
     # Never a prompt: stdin is /dev/null, so keylocation=prompt fails at once.
-    _run(args, f"{'checking' if noop else 'loading'} the encryption key of {root}", timeout=60)
+    _run(["load-key", *(["-n"] if noop else []), root],
+         f"{'checking' if noop else 'loading'} the encryption key of {root}", timeout=60)
 
 
 def set_props(dataset: str, props: dict[str, str]) -> None:
