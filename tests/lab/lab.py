@@ -11,7 +11,9 @@ power cut (kill -9 of qemu), so failover tests can crash and reboot nodes.
 
 Command line (run as root; stdlib only):
 
-    lab.py up [--nodes N]      build/reuse image, boot N nodes (2), make pools
+    lab.py up [--nodes N] [--cfs]
+                               build/reuse image, boot N nodes (2), make pools;
+                               --cfs: /etc/pve is the emulated pmxcfs (cfs.py)
     lab.py down                power off everything, delete the run dir
     lab.py ssh NODE [CMD ...]  run CMD on NODE (no CMD: a shell); exit code passes
     lab.py run NODE CMD ...    like ssh, but with '\\r' stripped (for CI logs)
@@ -20,7 +22,8 @@ Command line (run as root; stdlib only):
                                then runs /usr/bin/pvezfsha from the package)
     lab.py crash NODE          power cut (kill -9 of that node's qemu)
     lab.py boot NODE           start a node again on its disk, wait for ssh
-    lab.py link NODE on|off    plug/unplug the node's inter-node NIC
+    lab.py link NODE on|off    plug/unplug the node's inter-node NIC (with --cfs
+                               also its corosync link: the partitions follow)
     lab.py status              show which nodes run
 
 CMD with one argument is a shell command line ('zfs list | head'); with
@@ -56,12 +59,18 @@ import threading
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import cfs as cfsmod  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 DEFAULT_RUN = "/tmp/pvezfsha-lab"
 DEFAULT_PORT_BASE = 2220
 HUB_OFFSET = 40
 BOOT_TIMEOUT = 120.0
+IPS = {f"pve{i}": f"169.254.10.{i}" for i in range(1, 10)}
+# qemu 7 ships the C virtiofsd; later releases use the Rust one (package virtiofsd).
+VIRTIOFSD = ("/usr/libexec/virtiofsd", "/usr/lib/qemu/virtiofsd")
 
 SSH_OPTS = [
     "-o", "StrictHostKeyChecking=no",
@@ -231,6 +240,22 @@ class Lab:
         """Names of the lab's nodes, whether running or not."""
         return [f"pve{i}" for i in range(1, self._state().get("nodes", 0) + 1)]
 
+    def _update(self, **kw) -> None:
+        state = self._state()
+        state.update(kw)
+        self.state_file.write_text(json.dumps(state) + "\n")
+
+    @property
+    def cfs(self) -> "cfsmod.Cfs | None":
+        """The emulated pmxcfs, if this lab has one (up --cfs)."""
+        if not self._state().get("cfs"):
+            return None
+        return cfsmod.Cfs(self.run / "cfs", self.nodes, IPS)
+
+    def linked(self) -> set[str]:
+        links = self._state().get("links", {})
+        return {n for n in self.nodes if links.get(n, True)}
+
     @property
     def image(self) -> Path:
         img = self._state().get("image")
@@ -297,6 +322,38 @@ class Lab:
         if not self._pid("hub"):
             raise LabError("the hub did not start")
 
+    def _start_virtiofsd(self, node: str) -> list[str]:
+        """The node's virtiofs daemon for the cfs share; qemu args to use it.
+
+        It serves one guest and exits when that guest's qemu goes, so each
+        boot starts one."""
+        binary = next((b for b in VIRTIOFSD if os.path.exists(b)), None)
+        if binary is None:
+            raise LabError("no virtiofsd (apt install virtiofsd, or qemu-system-common of qemu 7)")
+        sock = self._path(node, "vfs")
+        sock.unlink(missing_ok=True)
+        share = str(self.run / "cfs")
+        if binary.startswith("/usr/libexec"):
+            argv = [binary, f"--socket-path={sock}", f"--shared-dir={share}", "--cache=never",
+                    "--sandbox=chroot"]
+        else:
+            argv = [binary, f"--socket-path={sock}", "-o", f"source={share}", "-o", "cache=none",
+                    "-o", "sandbox=chroot"]
+        with open(self._path(node, "virtiofsd.log"), "ab") as f:
+            p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=f, stderr=f,
+                                 start_new_session=True)
+        self._path(node, "virtiofsd.pid").write_text(f"{p.pid}\n")
+        deadline = time.monotonic() + 10
+        while not sock.exists():
+            if p.poll() is not None or time.monotonic() > deadline:
+                raise LabError(f"virtiofsd for {node} did not start: "
+                               f"{self._path(node, 'virtiofsd.log').read_text()[-1000:]}")
+            time.sleep(0.05)
+        return ["-object", "memory-backend-memfd,id=mem,size=1024M,share=on",
+                "-machine", "memory-backend=mem",
+                "-chardev", f"socket,id=vfs,path={sock}",
+                "-device", "vhost-user-fs-pci,chardev=vfs,tag=pve"]
+
     def _qemu_argv(self, node: str) -> list[str]:
         i = node_index(node)
         img = self.image
@@ -340,8 +397,9 @@ class Lab:
         self._path(node, "boot").write_text(
             f"{console.stat().st_size if console.exists() else 0}\n")
         qlog = self._path(node, "qemu.log")
+        extra = self._start_virtiofsd(node) if self.cfs else []
         with open(qlog, "ab") as f:
-            r = subprocess.run(self._qemu_argv(node), stdin=subprocess.DEVNULL,
+            r = subprocess.run(self._qemu_argv(node) + extra, stdin=subprocess.DEVNULL,
                                stdout=f, stderr=f)
         if r.returncode != 0 or not self.running(node):
             raise LabError(f"qemu for {node} did not start:\n{qlog.read_text()[-2000:]}")
@@ -446,15 +504,17 @@ class Lab:
                 return False
         return True
 
-    def up(self, nodes: int = 2, timeout: float = BOOT_TIMEOUT) -> None:
-        """Bring up a lab of `nodes` nodes; a no-op if it is up and healthy."""
+    def up(self, nodes: int = 2, timeout: float = BOOT_TIMEOUT, cfs: bool = False) -> None:
+        """Bring up a lab of `nodes` nodes; a no-op if it is up and healthy.
+        cfs: /etc/pve on the nodes is the emulated pmxcfs (cfs.py)."""
         if not 1 <= nodes <= 9:
             raise LabError("1 to 9 nodes")
         self.run.mkdir(parents=True, exist_ok=True)
         with self._lock():
             have = self._state().get("nodes")
-            if have and have != nodes:
-                raise LabError(f"a lab of {have} nodes is in {self.run}; run lab.py down first")
+            if have and (have != nodes or bool(self._state().get("cfs")) != cfs):
+                raise LabError(f"a lab of {have} nodes{' with cfs' if self._state().get('cfs') else ''} "
+                               f"is in {self.run}; run lab.py down first")
             if have and self.healthy():
                 log(f"lab of {nodes} nodes already up")
                 return
@@ -462,8 +522,11 @@ class Lab:
             if not have:
                 image = self._build()
                 self._need_qemu_img()
-                state = {"nodes": nodes, "image": str(image), "port_base": self.port_base}
+                state = {"nodes": nodes, "image": str(image), "port_base": self.port_base,
+                         "cfs": cfs}
                 self.state_file.write_text(json.dumps(state) + "\n")
+                if cfs:
+                    self.cfs.create()
             for node in self.nodes:
                 ov = self._path(node, "qcow2")
                 if not ov.exists():
@@ -478,6 +541,7 @@ class Lab:
             self._each(lambda n: self.wait_ssh(n, timeout))
             log(f"ssh answers on all nodes after {time.monotonic() - t0:.1f} s")
             self._each(lambda n: self.ssh(n, POOL_SCRIPT, check=True))
+            self._cfs_apply(remount=set(self.nodes))
             self.check_mesh()
             log(f"lab up in {time.monotonic() - t0:.1f} s")
 
@@ -543,7 +607,9 @@ class Lab:
         self._check_node(node)
         with self._lock():
             self._kill(node)
+            self._kill(f"{node}.virtiofsd")
             self._close_master(node)
+            self._cfs_apply()
 
     def boot(self, node: str, timeout: float = BOOT_TIMEOUT) -> float:
         """Start node again on its disk; returns seconds until ssh answered."""
@@ -551,7 +617,10 @@ class Lab:
         with self._lock():
             self._start_hub()
             self._start_node(node)
-        return self.wait_ssh(node, timeout)
+        waited = self.wait_ssh(node, timeout)
+        with self._lock():
+            self._cfs_apply(remount={node})
+        return waited
 
     def monitor(self, node: str, command: str) -> str:
         """Run a qemu human-monitor command on node; returns its output."""
@@ -582,6 +651,40 @@ class Lab:
         out = self.monitor(node, f"set_link link {'on' if up else 'off'}")
         if out:
             raise LabError(f"{node}: set_link: {out}")
+        with self._lock():
+            links = self._state().get("links", {})
+            links[node] = up
+            self._update(links=links)
+            self._cfs_apply()
+
+    def _cfs_apply(self, remount: set[str] = frozenset()) -> None:
+        """Bring every running node's /etc/pve in line with the partitions:
+        .members for each, and a new mount where a node gained or lost
+        quorum (or booted: `remount`). Call with the lock held."""
+        cfs = self.cfs
+        if cfs is None:
+            return
+        running = {n for n in self.nodes if self.running(n)}
+        views = cfs.views(running, self.linked())
+        sources = self._state().get("cfs_src", {})
+        for node in self.nodes:
+            if node not in views:
+                sources.pop(node, None)   # off: its mounts went with it
+        for node, (part, quorate) in sorted(views.items()):
+            src = cfs.source(node, quorate, sources.get(node))
+            cfs.write_members(node, part, quorate)
+            if node in remount or sources.get(node) != src:
+                self.ssh(node, ["sh", "-c", cfsmod.GUEST_SCRIPT, "-", node, src,
+                                "rw" if quorate else "ro"], check=True, timeout=60)
+            sources[node] = src
+        self._update(cfs_src=sources)
+
+    def cfs_views(self) -> dict[str, tuple[list[str], bool]]:
+        """node -> (its partition, quorate), for the running nodes."""
+        cfs = self.cfs
+        if cfs is None:
+            raise LabError("this lab has no cfs (lab.py up --cfs)")
+        return cfs.views({n for n in self.nodes if self.running(n)}, self.linked())
 
     def push(self) -> None:
         """Copy the repo's files (tracked + untracked, not ignored) to /opt/pvezfsha."""
@@ -633,9 +736,14 @@ class Lab:
             return f"no lab in {self.run}"
         lines = [f"run dir {self.run}, image {self.image}",
                  f"hub udp:{self.hub_port()} {'running' if self._pid('hub') else 'DOWN'}"]
+        views = self.cfs_views() if self.cfs else {}
         for n in self.nodes:
+            cfs = ""
+            if n in views:
+                part, quorate = views[n]
+                cfs = f" partition {','.join(part)} {'quorate' if quorate else 'NOT quorate'}"
             lines.append(f"{n} ssh:{self.ssh_port(n)} "
-                         f"{'running' if self.running(n) else 'off'}")
+                         f"{'running' if self.running(n) else 'off'}{cfs}")
         return "\n".join(lines)
 
 
@@ -672,6 +780,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("up", help="boot the lab (no-op if up)")
     p.add_argument("--nodes", type=int, default=2)
+    p.add_argument("--cfs", action="store_true", help="emulate pmxcfs with partitions (cfs.py)")
     sub.add_parser("down", help="power off all, delete the run dir")
     sub.add_parser("status", help="what runs")
     sub.add_parser("push", help="copy the repo to /opt/pvezfsha on every node")
@@ -691,7 +800,7 @@ def main(argv: list[str] | None = None) -> int:
     lab = Lab()
     try:
         if a.cmd == "up":
-            lab.up(a.nodes)
+            lab.up(a.nodes, cfs=a.cfs)
         elif a.cmd == "down":
             lab.down()
         elif a.cmd == "status":
