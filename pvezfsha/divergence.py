@@ -41,7 +41,7 @@ from pvezfsha import faults, zfs, zfscli
 from pvezfsha.errors import ZfsError
 from pvezfsha.log import logger
 from pvezfsha.replica import INERT
-from pvezfsha.versions import diverged_name
+from pvezfsha.versions import ZIL_RESET_PROP, diverged_name
 
 KEPT_PROP = "pvezfsha:diverged"   # on the kept dataset: base and time, for `status`
 
@@ -116,7 +116,11 @@ def finish_interrupted(dataset: str, prefix: str, node: str, now: dt.datetime | 
     if st.exists and t.origin.startswith(dataset + "@"):
         # Killed after the clone, before the promote: the clone is inert and
         # was never mounted, so it holds nothing of its own.
-        if t.written or t.snapshots or zfs.children(tmp):
+        # Its `written` is not checked: a clone of a snapshot whose intent
+        # log held records has its ZIL header reset at creation, so a bare
+        # one reads ~1 KiB (DatasetState.modified). Being read-only and
+        # unmounted is what says nobody wrote to it.
+        if not t.readonly or t.mounted or t.snapshots or zfs.children(tmp):
             raise ZfsError(f"{tmp} has data or snapshots of its own; it is not a bare swap clone: "
                            f"rename or destroy it by hand")
         zfs.destroy(tmp)
@@ -139,7 +143,14 @@ def _swap(dataset: str, tmp: str, prefix: str, node: str, now: dt.datetime) -> d
     st = zfs.read_state(dataset)
     kept = kept_name(dataset, prefix, now)
     base_name = st.origin.split("@", 1)[1] if "@" in st.origin else "?"
-    base_guid = next((v.guid for v in zfs.read_state(tmp).snapshots if v.name == base_name), 0)
+    t = zfs.read_state(tmp)
+    base_guid = next((v.guid for v in t.snapshots if v.name == base_name), 0)
+    if t.written and t.newest is not None and t.newest.guid == base_guid:
+        # The clone's ZIL header was reset at creation: record what that
+        # left in `written`, so the planner does not read it as a write
+        # (DatasetState.modified says why). Before the renames, so a run
+        # killed after them has it too.
+        zfs.set_user_props(tmp, {ZIL_RESET_PROP: f"{base_guid:x}:{t.written}"})
     # Children belong with the live data, not with the kept state.
     for child in zfs.children(dataset):
         zfscli.rename(child, tmp + child[len(dataset):])

@@ -4,7 +4,9 @@
 itself when it reaches that named point, the way a power cut or an OOM kill
 would end it: no cleanup, no finally. The lab uses it to prove that every
 multi-step change (keeping a divergence, for one) is finished or undone by
-the next run. Unset, it costs one dictionary lookup.
+the next run. `<point>:stop` makes it SIGSTOP itself instead, so that the
+lab can cut the node's power at exactly that point. Unset, it costs one
+dictionary lookup.
 """
 
 from __future__ import annotations
@@ -14,5 +16,8 @@ import signal
 
 
 def point(name: str) -> None:
-    if os.environ.get("PVEZFSHA_FAULT") == name:
+    fault = os.environ.get("PVEZFSHA_FAULT")
+    if fault == name:
         os.kill(os.getpid(), signal.SIGKILL)
+    elif fault == f"{name}:stop":
+        os.kill(os.getpid(), signal.SIGSTOP)

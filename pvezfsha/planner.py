@@ -150,9 +150,9 @@ def plan_replication(source: DatasetState, target: DatasetState, prefix: str,
     if common is None:
         return Conflict("no_common", sender_only=tuple(repl), receiver_only=target.snapshots)
     receiver_only = tuple(t for t in target.snapshots if t.createtxg > common.createtxg)
-    if receiver_only or target.written:
+    if receiver_only or target.modified:
         base_src = src[common.guid]
-        return Conflict("diverged", base=common, receiver_only=receiver_only, modified=target.written,
+        return Conflict("diverged", base=common, receiver_only=receiver_only, modified=target.modified,
                         sender_only=tuple(s for s in repl if s.createtxg > base_src.createtxg))
 
     base = src[common.guid]

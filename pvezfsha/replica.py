@@ -186,7 +186,7 @@ def promote(dataset: str, epoch: int, prefix: str = "pvezfsha") -> DatasetState:
         logger.info(f"{dataset}: dropping an unfinished receive (it resumes from the new primary later)")
         zfs.abort_receive(dataset)
         st = zfs.read_state(dataset)
-    if st.written and st.readonly:
+    if st.modified and st.readonly:
         # Maybe mount noise, maybe the last writes of a fenced primary: which
         # one cannot be told, so they are kept, in place and in a snapshot of
         # their own that retention never prunes (`pvezfsha diverged` lists it).

@@ -41,7 +41,7 @@ from pvezfsha.versions import (HOLD_STEP, DatasetState, Version, cursor_guid, cu
 def needs_snapshot(state: DatasetState, prefix: str) -> bool:
     """A new replication snapshot only when something changed since the last one."""
     newest = state.newest
-    if newest is None or state.written:
+    if newest is None or state.modified:
         return True
     # Someone else's newer snapshot (sanoid) may hide changes from `written`.
     last_ours = newest_replication(state, prefix)

@@ -52,6 +52,9 @@ class ResumeToken:
     flags: tuple[str, ...]  # lzc send flags the stream was started with
 
 
+ZIL_RESET_PROP = "pvezfsha:zil-reset"   # see DatasetState.modified
+
+
 @dataclass(frozen=True)
 class DatasetState:
     """Everything the planner needs about one dataset, read in one call."""
@@ -73,6 +76,30 @@ class DatasetState:
     @property
     def newest(self) -> Version | None:
         return self.snapshots[-1] if self.snapshots else None
+
+    @property
+    def modified(self) -> int:
+        """Bytes written since the newest snapshot, as `zfs receive` counts
+        them: a head that differs from that snapshot only by a ZIL header
+        reset is unmodified.
+
+        Why: a clone of a snapshot taken while the origin's intent log held
+        records (an NFS server's fsync'd writes) gets its ZIL header zeroed
+        at creation (dsl_dataset_zero_zil in dsl_dataset_create_sync), which
+        rewrites its root block, so `written` reads about 1 KiB on a clone
+        nobody touched. `zfs receive` ignores exactly that difference
+        (dsl_dataset_modified_since_snap: "It may be that only the ZIL
+        differs, because it was reset in the head. Don't count that as being
+        modified."), but no property exposes it. So the divergence swap,
+        which makes such a clone, records `written` as it left it, against
+        the snapshot it cloned (ZIL_RESET_PROP = "<guid hex>:<bytes>"): while
+        both still match, nothing was written. Any real write changes
+        `written`, and a receive moves the newest snapshot.
+        """
+        mark = self.props.get(ZIL_RESET_PROP, "")
+        if self.written and self.newest is not None and mark == f"{self.newest.guid:x}:{self.written}":
+            return 0
+        return self.written
 
     def by_guid(self) -> dict[int, Version]:
         # A snapshot wins over a bookmark of the same guid: it can be a

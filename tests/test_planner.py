@@ -2,7 +2,7 @@
 or a typed conflict out."""
 
 from pvezfsha.planner import EMPTY_PLACEHOLDER_BYTES, Conflict, Plan, plan_prune, plan_replication
-from pvezfsha.versions import DatasetState, ResumeToken, Version
+from pvezfsha.versions import ZIL_RESET_PROP, DatasetState, ResumeToken, Version
 
 P = "pvezfsha"
 FLAGS = ("large_blocks", "embedded_data", "compress")
@@ -105,6 +105,26 @@ def test_unsnapshotted_writes_on_the_target_are_a_divergence():
     plan = plan_replication(side(s(1), s(2)), target(s(1), written=4096), P, FLAGS)
     assert isinstance(plan, Conflict) and plan.kind == "diverged" and plan.modified == 4096
     assert "4096 bytes written" in plan.describe()
+
+
+def test_a_zil_reset_recorded_by_the_divergence_swap_is_not_a_write():
+    # The swap's clone of a snapshot with intent-log records reads ~1 KiB
+    # written; the swap records that figure against the snapshot it cloned.
+    t = target(s(1), written=1024, props={ZIL_RESET_PROP: f"{s(1).guid:x}:1024"})
+    plan = plan_replication(side(s(1), s(2)), t, P, FLAGS)
+    assert not isinstance(plan, Conflict) and [st.to.guid for st in plan.steps] == [s(2).guid]
+
+
+def test_a_write_after_the_recorded_zil_reset_is_a_divergence():
+    t = target(s(1), written=1536, props={ZIL_RESET_PROP: f"{s(1).guid:x}:1024"})
+    plan = plan_replication(side(s(1), s(2)), t, P, FLAGS)
+    assert isinstance(plan, Conflict) and plan.kind == "diverged" and plan.modified == 1536
+
+
+def test_a_zil_reset_mark_for_an_older_snapshot_is_ignored():
+    t = target(s(1), s(2), written=1024, props={ZIL_RESET_PROP: f"{s(1).guid:x}:1024"})
+    plan = plan_replication(side(s(1), s(2), s(3)), t, P, FLAGS)
+    assert isinstance(plan, Conflict) and plan.modified == 1024
 
 
 def test_target_with_snapshots_but_nothing_in_common_is_refused():

@@ -50,3 +50,20 @@ def _lab_up():
     if os.environ.get("PVEZFSHA_LAB_HOST"):
         from labnode import lab
         assert lab().healthy(), "the lab is not up: run `make lab-up` first"
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The fault suite's table: one row per fault (test_faults.py)."""
+    rows = getattr(sys.modules.get("test_faults"), "ROWS", None)
+    if not rows:
+        return
+    cols = ["fault", "happened", "serving", "writes", "acked", "acked_lost", "acked_bytes_lost",
+            "kept_copies", "kept_writes", "destroyed", "recover_s"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]
+    terminalreporter.write_sep("=", "fault suite summary")
+    for line in lines:
+        terminalreporter.write_line(line)
+    out = os.environ.get("PVEZFSHA_FAULTS_TABLE")
+    if out:
+        Path(out).write_text("\n".join(lines) + "\n")

@@ -215,11 +215,14 @@ class Group:
             assert p.returncode == expect, f"sync exited {p.returncode}\n{p.stderr}"
         return p
 
-    def hook(self, node: str, phase: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    def hook(self, node: str, phase: str, timeout: float = 600,
+             env: dict | None = None) -> subprocess.CompletedProcess:
         """The hookscript as PVE runs it: argv vmid phase, LC_ALL=C, minimal
-        PATH, stdin at EOF; the config path is the only thing we add."""
+        PATH, stdin at EOF; the config path (and `env`, for fault points)
+        is all we add."""
+        extra = "".join(f" {k}={shlex.quote(v)}" for k, v in (env or {}).items())
         cmd = ("h=/var/lib/vz/snippets/pvezfsha-hook; [ -x $h ] || h=/opt/pvezfsha/hookscripts/pvezfsha-hook; "
-               f"cd / && env -i LC_ALL=C PATH=/sbin:/bin:/usr/sbin:/usr/bin PVEZFSHA_CONFIG={self.config} "
+               f"cd / && env -i LC_ALL=C PATH=/sbin:/bin:/usr/sbin:/usr/bin PVEZFSHA_CONFIG={self.config}{extra} "
                f"$h {self.ctid} {phase} </dev/null")
         p = sh(node, cmd, check=False, timeout=timeout)
         self.pmxcfs_sync(node)

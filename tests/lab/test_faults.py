@@ -1,0 +1,219 @@
+"""The fault-injection suite: takeover safety under faults, on real ZFS, in a
+3-node lab whose /etc/pve is the emulated pmxcfs (cfs.py), with Proxmox HA
+played by hasim.py and a container writing throughout.
+
+Each scenario injects one fault and then checks the same three things:
+- no write the primary had acknowledged as replicated is missing on the node
+  that serves afterwards;
+- every other write the container was told succeeded is either there too or
+  in a kept copy (a diverged dataset pvezfsha set aside): nothing destroyed;
+- the service runs again with no manual step, or the output says exactly
+  what the admin must do.
+
+Driven from the host (power cuts, link cuts): `make test-faults`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import threading
+import time
+
+import pytest
+
+from labnode import ON_HOST, lab, sh, zfs_get
+
+pytestmark = pytest.mark.skipif(not ON_HOST, reason="the fault suite is driven from the host (make test-faults)")
+
+ROWS: list[dict] = []   # the summary table, printed by conftest.py
+
+
+@pytest.fixture
+def ha(tmp_path):
+    from hasim import HA, CfsGroup
+    assert lab().cfs is not None, "the fault suite needs the cfs lab: make test-faults"
+    nodes = tuple(lab().nodes)
+    g = CfsGroup(tmp_path, nodes=nodes)
+    h = HA(g, fence_delay=float(3))
+    yield h
+    if h.ct is not None:
+        h.ct.gone()
+    g.cleanup()
+
+
+# -- reading what is where ---------------------------------------------------
+
+READ = r"""
+import os, sys
+d = sys.argv[1]
+out = {}
+try:
+    names = os.listdir(d)
+except OSError:
+    names = []
+for n in names:
+    try:
+        fd = os.open(os.path.join(d, n), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        out[n] = os.read(fd, 64).decode(errors="replace")
+        os.close(fd)
+    except OSError:
+        pass
+import json; print(json.dumps(out))
+"""
+
+
+def live_files(node: str, mnt: str) -> dict[str, str]:
+    return json.loads(sh(node, ["python3", "-c", READ, f"{mnt}/clients"]).stdout)
+
+
+def snapshot_files(node: str, ds: str) -> dict[str, str]:
+    """The files of ds's newest snapshot, read through a read-only clone."""
+    snaps = sh(node, ["zfs", "list", "-Hp", "-t", "snapshot", "-d", "1", "-s", "createtxg", "-o", "name", ds],
+               check=False).stdout.splitlines()
+    if not snaps:
+        return {}
+    clone, mnt = f"{ds}-audit", f"/mnt/audit-{abs(hash(ds))}"
+    sh(node, ["zfs", "clone", "-o", "readonly=on", "-o", f"mountpoint={mnt}", snaps[-1], clone])
+    try:
+        return live_files(node, mnt)
+    finally:
+        sh(node, ["zfs", "destroy", clone])
+
+
+def account(ha, serving: str) -> dict:
+    """The three checks' data: acknowledged writes missing where the service
+    runs now, and other writes that are neither there nor in a kept copy."""
+    g = ha.g
+    writes = list(ha.writes)      # before reading: the container still writes
+    acked = ha.acknowledged()
+    live = live_files(serving, g.mnt)
+    kept: dict[str, dict[str, str]] = {}
+    for node in g.nodes:
+        if lab().running(node):
+            for ds in g.kept(node):
+                kept[f"{node}:{ds}"] = snapshot_files(node, ds)
+    def name(w):
+        return f"w{w.i:07d}"
+    ok = {w for w in writes if live.get(name(w)) == f"{w.i}\n"}
+    lost_acked = [w for w in acked if w not in ok]
+    in_kept = {w for w in writes if w not in ok and any(
+        files.get(name(w)) == f"{w.i}\n" for key, files in kept.items() if key.startswith(w.node + ":"))}
+    destroyed = [w for w in writes if w not in ok and w not in in_kept]
+    where = f"live on {serving}: {len(live)} files, newest {max(live, default='-')}; " + "; ".join(
+        f"{k}: {len(v)} files, newest {max(v, default='-')}" for k, v in kept.items())
+    return {"where": where, "writes": len(writes), "acked": len(acked), "lost_acked": lost_acked,
+            "kept_copies": len(kept), "kept_writes": len(in_kept), "destroyed": destroyed}
+
+
+def row(ha, fault: str, happened: str, serving: str, recovered_s: float | None, allow_destroyed=()) -> dict:
+    a = account(ha, serving)
+    destroyed = [w for w in a["destroyed"] if w not in set(allow_destroyed)]
+    r = {"fault": fault, "happened": happened, "serving": serving, "writes": a["writes"], "acked": a["acked"],
+         "acked_lost": len(a["lost_acked"]), "acked_bytes_lost": sum(len(f"{w.i}\n") for w in a["lost_acked"]),
+         "kept_copies": a["kept_copies"], "kept_writes": a["kept_writes"], "destroyed": len(destroyed),
+         "recover_s": None if recovered_s is None else round(recovered_s, 1)}
+    ROWS.append(r)
+    assert not a["lost_acked"], f"acknowledged writes missing on {serving}: {a['lost_acked'][:5]}"
+    assert not destroyed, (f"writes neither on {serving} nor in a kept copy: {destroyed[:5]}...{destroyed[-3:]}\n"
+                           f"{a['where']}\n" + "\n".join(f"{e.t:7.1f} {e.what}" for e in ha.events))
+    assert a["acked"] > 0, "the scenario acknowledged no write: it proves nothing"
+    return r
+
+
+def cycle(ha, node: str | None = None, expect: int | None = 0):
+    """A timer cycle on node (the primary by default), after any sync that
+    post-start left running there."""
+    node = node or ha.node
+    ha.g.wait_idle(node)
+    p = ha.g.sync(node=node, expect=expect)
+    ha.observe()
+    return p
+
+
+def run_a_while(ha, seconds: float) -> None:
+    n = len(ha.writes)
+    time.sleep(seconds)
+    assert len(ha.writes) > n, f"the container wrote nothing in {seconds} s: {ha.ct.error if ha.ct else ''}"
+
+
+def started(ha, node="pve1"):
+    """The service started on node, written to and replicated to the others."""
+    ha.g.move(node)
+    assert ha.start(node) == node, "\n".join(ha.outputs)
+    ha.g.wait_idle(node)
+    run_a_while(ha, 2)
+    cycle(ha)
+    run_a_while(ha, 2)
+
+
+def output(ha) -> str:
+    return "\n".join(ha.outputs)
+
+
+# -- the scenarios -----------------------------------------------------------
+
+def test_a_partition_with_both_sides_up_keeps_the_isolated_primarys_writes(ha):
+    """7: the primary's cluster link is cut while it keeps running and its
+    container keeps writing. Only the quorate side takes over; the isolated
+    primary cannot replicate; after the heal its writes are kept."""
+    started(ha)
+    old = ha.ct
+    t0 = time.monotonic()
+    lab().link("pve1", False)
+    run_a_while(ha, 3)                                   # still writing, alone
+    s = ha.g.sync(node="pve1", expect=None)              # its timer fires
+    assert s.returncode != 0 and "quorate" in s.stderr, s.stderr
+    assert ha.g.record()["primary"] == "pve1"            # it changed nothing
+    serving = ha.recover("pve1")
+    assert serving and serving != "pve1", output(ha)
+    recovered = time.monotonic() - t0
+    pre = [o for o in ha.outputs if "pre-start" in o.splitlines()[0]][-1]
+    assert "data-loss window" in pre, pre
+    run_a_while(ha, 2)
+    # Heal. pve1's watchdog would have reset it long ago: its container is gone.
+    old.stop()
+    lab().link("pve1", True)
+    s = ha.g.sync(node="pve1", expect=None)              # its timer: it is a standby now
+    assert "standby (primary is " in s.stderr, s.stderr
+    c = cycle(ha, serving, expect=None)
+    if c.returncode != 0:
+        diag = "\n".join(sh("pve1", ["zfs", "get", "-Hp", "-o", "name,property,value,source",
+                                      "written,readonly,canmount,mounted,origin,mountpoint", d]).stdout
+                         for d in ha.g.datasets_on("pve1"))
+        diag += sh("pve1", ["zfs", "list", "-t", "all", "-o", "name,guid,written,createtxg", "-r", "tank"]).stdout
+        diag += sh("pve1", "grep tank /proc/self/mountinfo; pgrep -af pvezfsha", check=False).stdout
+        raise AssertionError(c.stderr + diag)
+    kept = ha.g.kept("pve1")
+    assert len(kept) == 1, f"{kept}\n{s.stderr}\n{c.stderr}\n{ha.g.datasets_on('pve1')}"
+    cycle(ha, serving)
+    assert ha.g.kept("pve1") == kept                     # no new kept copy per cycle
+    row(ha, "partition, both sides up", f"served on {serving}; pve1 refused to replicate; "
+        f"its partition writes kept as {kept[0].split('/')[-1]}", serving, recovered)
+
+
+def test_no_quorum_anywhere_means_no_takeover(ha):
+    """8: every node alone: nobody may take over, whatever HA or an admin does."""
+    started(ha)
+    t0 = time.monotonic()
+    rec = ha.g.record()
+    ha.ct.gone()
+    lab().crash("pve1")
+    for n in ha.g.nodes[1:]:
+        lab().link(n, False)
+    assert ha.recover("pve1") == ""                      # HA has no quorate survivor
+    for n in ha.g.nodes[1:]:
+        p = ha.g.hook(n, "pre-start")                    # an admin's forced start
+        assert p.returncode != 0 and "not quorate" in p.stderr, p.stderr
+        assert zfs_get(n, "readonly", ha.g.ds) == "on"
+    assert ha.g.record() == rec
+    for n in ha.g.nodes[1:]:
+        lab().link(n, True)
+    lab().boot("pve1")
+    serving = ha.start("pve1")
+    assert serving == "pve1", output(ha)
+    recovered = time.monotonic() - t0
+    run_a_while(ha, 2)
+    row(ha, "no quorum anywhere", "every pre-start refused (not quorate); after the heal pve1 served again",
+        serving, recovered)
