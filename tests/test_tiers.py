@@ -41,6 +41,7 @@ def test_a_tier_that_wrote_no_log_is_not_run_with_the_failed_step(tmp_path):
         "package tier (bookworm, trixie roots): not run (make deb failed)",
         "lab tier (real OpenZFS, in pve1): not run (exit 1 before writing its log)",
         "lab failover tier (real OpenZFS, host-driven, power cuts): not run (exit 1 before writing its log)",
+        "fault suite (real OpenZFS, 3 nodes, emulated pmxcfs, HA simulator): not run (exit 1 before writing its log)",
     ]
     assert "99" not in p.stdout
 
@@ -51,7 +52,8 @@ def test_tiers_left_out_say_so(tmp_path):
     assert summary[0] == "fast tier (this machine): 7 passed in 0.50s"
     assert summary[1:] == [s + ": not run (not selected: TIERS=fast)" for s in (
         "package tier (bookworm, trixie roots)", "lab tier (real OpenZFS, in pve1)",
-        "lab failover tier (real OpenZFS, host-driven, power cuts)")]
+        "lab failover tier (real OpenZFS, host-driven, power cuts)",
+        "fault suite (real OpenZFS, 3 nodes, emulated pmxcfs, HA simulator)")]
 
 
 def test_failed_deps_runs_no_tier(tmp_path):

@@ -17,7 +17,7 @@ all="fast pkg lab"
 
 logs() {  # the logs a tier writes
   case $1 in
-    fast) echo fast ;; pkg) echo pkg ;; lab) echo "lab failover" ;;
+    fast) echo fast ;; pkg) echo pkg ;; lab) echo "lab failover faults" ;;
     *) echo "tiers: unknown tier $1 (known: $all)" >&2; return 1 ;;
   esac
 }
@@ -28,6 +28,7 @@ label() {
     pkg) echo "package tier (bookworm, trixie roots)" ;;
     lab) echo "lab tier (real OpenZFS, in pve1)" ;;
     failover) echo "lab failover tier (real OpenZFS, host-driven, power cuts)" ;;
+    faults) echo "fault suite (real OpenZFS, 3 nodes, emulated pmxcfs, HA simulator)" ;;
   esac
 }
 

@@ -35,6 +35,11 @@ for pair in $pairs; do
   cmd=${pair%%:*}; pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || missing="$missing $pkg"
 done
+# The fault suite's pmxcfs is shared over virtiofs: qemu 7 (bookworm) ships
+# virtiofsd in qemu-system-common, later releases in package virtiofsd.
+if has lab && [ ! -x /usr/lib/qemu/virtiofsd ] && [ ! -x /usr/libexec/virtiofsd ]; then
+  missing="$missing virtiofsd"
+fi
 if [ -n "$missing" ]; then
   [ "$(id -u)" = 0 ] || { echo "host-deps: need root to install:$missing" >&2; exit 1; }
   echo "host-deps: installing$missing" >&2

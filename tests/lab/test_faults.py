@@ -217,3 +217,96 @@ def test_no_quorum_anywhere_means_no_takeover(ha):
     run_a_while(ha, 2)
     row(ha, "no quorum anywhere", "every pre-start refused (not quorate); after the heal pve1 served again",
         serving, recovered)
+
+
+def test_ha_picking_the_staler_survivor_still_serves_every_acknowledged_write(ha):
+    """14: pve3 missed the last cycles; the primary dies and HA tries pve3
+    first. Whatever pve3 decides (catch up from pve2, or refuse so that HA
+    moves on), every acknowledged write is served."""
+    started(ha)
+    lab().link("pve3", False)                    # pve1+pve2 keep quorum
+    run_a_while(ha, 2)
+    cycle(ha, expect=None)                       # reaches pve2 only
+    run_a_while(ha, 1)
+    cycle(ha, expect=None)
+    rec = ha.g.record()
+    assert rec["replicas"]["pve2"][ha.g.ds]["guid"] != rec["replicas"]["pve3"][ha.g.ds]["guid"], rec
+    lab().link("pve3", True)
+    t0 = time.monotonic()
+    ha.ct.gone()
+    lab().crash("pve1")
+    ha.prefer = ["pve3", "pve2", "pve1"]
+    serving = ha.recover("pve1")
+    assert serving in ("pve2", "pve3"), output(ha)
+    recovered = time.monotonic() - t0
+    pres = [o for o in ha.outputs if " pre-start " in o.splitlines()[0]]
+    verdicts = [o.splitlines()[0].strip("- ") for o in pres[1:]]
+    run_a_while(ha, 2)
+    lab().boot("pve1")                           # returns: its last writes must be kept
+    s = ha.g.sync(node="pve1", expect=None)
+    assert f"standby (primary is {serving})" in s.stderr, s.stderr
+    cycle(ha, serving)
+    row(ha, "3 nodes, HA picks the staler survivor",
+        f"served on {serving} after {len(pres) - 1} start(s): {'; '.join(verdicts)}", serving, recovered)
+
+
+def test_a_power_cut_of_the_node_taking_over_after_the_final_pull(ha):
+    """5: a planned move to pve2; pve2 loses power after its final pull and
+    the fence, before the promotion. HA recovers the service elsewhere."""
+    started(ha)
+    ha.stop()
+    ha.g.move("pve2")
+    t0 = time.monotonic()
+    res = {}
+    th = threading.Thread(target=lambda: res.setdefault(
+        "p", ha.g.hook("pve2", "pre-start", env={"PVEZFSHA_FAULT": "takeover.fenced:stop"})))
+    th.start()
+    deadline = time.monotonic() + 300
+    while sh("pve2", "ps -eo stat,args | grep -q '^T.*pvezfsha'", check=False).returncode != 0:
+        assert th.is_alive(), f"pre-start ended without reaching the fault point: {res}"
+        assert time.monotonic() < deadline, "pre-start never reached takeover.fenced"
+        time.sleep(0.5)
+    lab().crash("pve2")
+    th.join(60)
+    rec = ha.g.record()
+    ha.prefer = ["pve3", "pve1"]
+    serving = ha.recover("pve2")
+    assert serving, output(ha)
+    recovered = time.monotonic() - t0
+    lab().boot("pve2")
+    run_a_while(ha, 2)
+    cycle(ha, serving)
+    row(ha, "power cut of the node taking over, after the fence",
+        f"record left at {rec['primary']} epoch {rec['epoch']}; HA recovered to {serving}", serving, recovered)
+
+
+def test_a_power_cut_of_the_primary_mid_sync_then_a_takeover_over_a_partial_receive(ha):
+    """4: the primary loses power while a big send runs; the standby holds a
+    partial (resumable) receive when it takes over."""
+    ha.g.write_config("pve1", defaults={"bandwidth_limit": "4M"})
+    started(ha)
+    sh("pve1", ["dd", "if=/dev/urandom", f"of={ha.g.mnt}/big.bin", "bs=1M", "count=48", "status=none"])
+    th = threading.Thread(target=lambda: ha.g.sync(node="pve1", expect=None))
+    th.start()
+    deadline = time.monotonic() + 120
+    while zfs_get("pve2", "receive_resume_token", ha.g.ds) in ("-", ""):
+        assert th.is_alive() and time.monotonic() < deadline, "no partial receive appeared on pve2"
+        time.sleep(0.3)
+    time.sleep(1)
+    t0 = time.monotonic()
+    ha.ct.gone()
+    lab().crash("pve1")
+    th.join(60)
+    ha.prefer = ["pve2", "pve3"]
+    serving = ha.recover("pve1")
+    assert serving == "pve2", output(ha)
+    recovered = time.monotonic() - t0
+    assert zfs_get("pve2", "receive_resume_token", ha.g.ds) in ("-", "")
+    run_a_while(ha, 2)
+    lab().boot("pve1")
+    s = ha.g.sync(node="pve1", expect=None)       # its timer: standby now
+    assert "standby (primary is pve2)" in s.stderr, s.stderr
+    cycle(ha, "pve2")
+    row(ha, "primary power cut mid-sync (partial receive on the standby)",
+        f"pve2 dropped the partial receive and served; pve1 returned as a standby, "
+        f"{len(ha.g.kept('pve1'))} kept copy", serving, recovered)
