@@ -92,9 +92,15 @@ test-failover:
 test:
 	@OUT=$(OUT) MAKE='$(MAKE)' tests/tiers.sh $(TIERS)
 
+# The demo: replication on the 2-node lab, then the drill (tests/lab/drill.py)
+# on a 2-node lab whose /etc/pve is the emulated pmxcfs, driven from the host.
+DRILL_LAB := PVEZFSHA_LAB_RUN=/tmp/pvezfsha-lab-drill PVEZFSHA_LAB_PORT_BASE=2420
 demo: lab-deb
 	@$(LAB) run pve1 python3 /opt/pvezfsha/tests/lab/demo.py
-	@$(PYTHON) tests/lab/demo_failover.py
+	@$(LAB) down
+	@trap '$(DRILL_LAB) $(LAB) down' EXIT; \
+	$(DRILL_LAB) $(LAB) up --nodes 2 --cfs && $(DRILL_LAB) $(LAB) install-deb $(DEB) && $(DRILL_LAB) $(LAB) push && \
+	$(DRILL_LAB) $(PYTHON) tests/lab/drill.py
 
 bench: lab-deb
 	@$(LAB) run pve1 python3 /opt/pvezfsha/bench/bench_sync.py

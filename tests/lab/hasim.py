@@ -27,7 +27,7 @@ import subprocess
 import threading
 import time
 
-from labnode import PVE, Group, lab, sh
+from labnode import Group, lab, sh
 
 WRITER = r"""
 import os, sys, time
@@ -251,3 +251,67 @@ class HA:
         # Creation times are whole seconds: a write counts only if it was
         # done before the second its snapshot was taken in.
         return [w for w in self.writes if w.ts < self.acked.get(w.node, 0)]
+
+
+# -- the ledger's audit: what is where after a fault -----------------------------
+
+READ = r"""
+import os, sys
+d = sys.argv[1]
+out = {}
+try:
+    names = os.listdir(d)
+except OSError:
+    names = []
+for n in names:
+    try:
+        fd = os.open(os.path.join(d, n), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        out[n] = os.read(fd, 64).decode(errors="replace")
+        os.close(fd)
+    except OSError:
+        pass
+import json; print(json.dumps(out))
+"""
+
+
+def live_files(node: str, mnt: str) -> dict[str, str]:
+    return json.loads(sh(node, ["python3", "-c", READ, f"{mnt}/clients"]).stdout)
+
+
+def snapshot_files(node: str, ds: str) -> dict[str, str]:
+    """The files of ds's newest snapshot, read through a read-only clone."""
+    snaps = sh(node, ["zfs", "list", "-Hp", "-t", "snapshot", "-d", "1", "-s", "createtxg", "-o", "name", ds],
+               check=False).stdout.splitlines()
+    if not snaps:
+        return {}
+    clone, mnt = f"{ds}-audit", f"/mnt/audit-{abs(hash(ds))}"
+    sh(node, ["zfs", "clone", "-o", "readonly=on", "-o", f"mountpoint={mnt}", snaps[-1], clone])
+    try:
+        return live_files(node, mnt)
+    finally:
+        sh(node, ["zfs", "destroy", clone])
+
+
+def account(ha, serving: str) -> dict:
+    """The three checks' data: acknowledged writes missing where the service
+    runs now, and other writes that are neither there nor in a kept copy."""
+    g = ha.g
+    writes = list(ha.writes)      # before reading: the container still writes
+    acked = ha.acknowledged()
+    live = live_files(serving, g.mnt)
+    kept: dict[str, dict[str, str]] = {}
+    for node in g.nodes:
+        if lab().running(node):
+            for ds in g.kept(node):
+                kept[f"{node}:{ds}"] = snapshot_files(node, ds)
+    def name(w):
+        return f"w{w.i:07d}"
+    ok = {w for w in writes if live.get(name(w)) == f"{w.i}\n"}
+    lost_acked = [w for w in acked if w not in ok]
+    in_kept = {w for w in writes if w not in ok and any(
+        files.get(name(w)) == f"{w.i}\n" for key, files in kept.items() if key.startswith(w.node + ":"))}
+    destroyed = [w for w in writes if w not in ok and w not in in_kept]
+    where = f"live on {serving}: {len(live)} files, newest {max(live, default='-')}; " + "; ".join(
+        f"{k}: {len(v)} files, newest {max(v, default='-')}" for k, v in kept.items())
+    return {"where": where, "writes": len(writes), "acked": len(acked), "lost_acked": lost_acked,
+            "kept_copies": len(kept), "kept_writes": len(in_kept), "destroyed": destroyed}

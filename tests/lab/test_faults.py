@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import json
 import re
-import shlex
 import threading
 import time
 
 import pytest
 
+from hasim import account
 from labnode import ON_HOST, lab, sh, zfs_get
 
 pytestmark = pytest.mark.skipif(not ON_HOST, reason="the fault suite is driven from the host (make test-faults)")
@@ -31,80 +31,26 @@ ROWS: list[dict] = []   # the summary table, printed by conftest.py
 
 
 @pytest.fixture
-def ha(tmp_path):
+def make_ha(tmp_path):
+    """HA for a new container on every node of the cfs lab (Group's kwargs)."""
     from hasim import HA, CfsGroup
     assert lab().cfs is not None, "the fault suite needs the cfs lab: make test-faults"
-    nodes = tuple(lab().nodes)
-    g = CfsGroup(tmp_path, nodes=nodes)
-    h = HA(g, fence_delay=float(3))
-    yield h
-    if h.ct is not None:
-        h.ct.gone()
-    g.cleanup()
+    made = []
+
+    def make(**kw):
+        g = CfsGroup(tmp_path, nodes=tuple(lab().nodes), **kw)
+        made.append(HA(g, fence_delay=3.0))
+        return made[-1]
+    yield make
+    for h in made:
+        if h.ct is not None:
+            h.ct.gone()
+        h.g.cleanup()
 
 
-# -- reading what is where ---------------------------------------------------
-
-READ = r"""
-import os, sys
-d = sys.argv[1]
-out = {}
-try:
-    names = os.listdir(d)
-except OSError:
-    names = []
-for n in names:
-    try:
-        fd = os.open(os.path.join(d, n), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-        out[n] = os.read(fd, 64).decode(errors="replace")
-        os.close(fd)
-    except OSError:
-        pass
-import json; print(json.dumps(out))
-"""
-
-
-def live_files(node: str, mnt: str) -> dict[str, str]:
-    return json.loads(sh(node, ["python3", "-c", READ, f"{mnt}/clients"]).stdout)
-
-
-def snapshot_files(node: str, ds: str) -> dict[str, str]:
-    """The files of ds's newest snapshot, read through a read-only clone."""
-    snaps = sh(node, ["zfs", "list", "-Hp", "-t", "snapshot", "-d", "1", "-s", "createtxg", "-o", "name", ds],
-               check=False).stdout.splitlines()
-    if not snaps:
-        return {}
-    clone, mnt = f"{ds}-audit", f"/mnt/audit-{abs(hash(ds))}"
-    sh(node, ["zfs", "clone", "-o", "readonly=on", "-o", f"mountpoint={mnt}", snaps[-1], clone])
-    try:
-        return live_files(node, mnt)
-    finally:
-        sh(node, ["zfs", "destroy", clone])
-
-
-def account(ha, serving: str) -> dict:
-    """The three checks' data: acknowledged writes missing where the service
-    runs now, and other writes that are neither there nor in a kept copy."""
-    g = ha.g
-    writes = list(ha.writes)      # before reading: the container still writes
-    acked = ha.acknowledged()
-    live = live_files(serving, g.mnt)
-    kept: dict[str, dict[str, str]] = {}
-    for node in g.nodes:
-        if lab().running(node):
-            for ds in g.kept(node):
-                kept[f"{node}:{ds}"] = snapshot_files(node, ds)
-    def name(w):
-        return f"w{w.i:07d}"
-    ok = {w for w in writes if live.get(name(w)) == f"{w.i}\n"}
-    lost_acked = [w for w in acked if w not in ok]
-    in_kept = {w for w in writes if w not in ok and any(
-        files.get(name(w)) == f"{w.i}\n" for key, files in kept.items() if key.startswith(w.node + ":"))}
-    destroyed = [w for w in writes if w not in ok and w not in in_kept]
-    where = f"live on {serving}: {len(live)} files, newest {max(live, default='-')}; " + "; ".join(
-        f"{k}: {len(v)} files, newest {max(v, default='-')}" for k, v in kept.items())
-    return {"where": where, "writes": len(writes), "acked": len(acked), "lost_acked": lost_acked,
-            "kept_copies": len(kept), "kept_writes": len(in_kept), "destroyed": destroyed}
+@pytest.fixture
+def ha(make_ha):
+    return make_ha()
 
 
 def row(ha, fault: str, happened: str, serving: str, recovered_s: float | None, allow_destroyed=()) -> dict:
@@ -366,3 +312,186 @@ def test_a_transfer_interrupted_mid_stream_resumes_instead_of_restarting(ha, fau
     cycle(ha)
     row(ha, f"{fault} mid-stream", happened, "pve1", recovered)
     assert not any(ha.g.kept(n) for n in ha.g.nodes)
+
+
+def test_the_old_primary_returns_with_diverged_writes_and_snapshots_of_its_own(ha):
+    """6: after a power cut and a crash failover, the old primary returns
+    with the writes it had not sent, plus a snapshot and writes made after
+    it came back (sanoid, an admin). Replication to it goes on in the same
+    cycle, and later cycles keep no further copies."""
+    from hasim import Write
+    started(ha)
+    t0 = time.monotonic()
+    ha.ct.gone()
+    lab().crash("pve1")
+    ha.prefer = ["pve2", "pve3"]
+    serving = ha.recover("pve1")
+    assert serving == "pve2", output(ha)
+    recovered = time.monotonic() - t0
+    run_a_while(ha, 2)
+    lab().boot("pve1")
+    i = max(w.i for w in ha.writes) + 100_000
+    sh("pve1", ["zfs", "snapshot", f"{ha.g.ds}@admin-after-return"])
+    sh("pve1", ["python3", "-c", f"open('{ha.g.mnt}/clients/w{i:07d}', 'w').write('{i}\\n')"])
+    ha.writes.append(Write(i, time.time(), "pve1"))
+    s = ha.g.sync(node="pve1", expect=None)
+    assert "standby (primary is pve2)" in s.stderr, s.stderr
+    c = cycle(ha, "pve2")                               # exit 0: the same cycle replicates on
+    assert "diverged state kept as" in c.stderr, c.stderr
+    kept = ha.g.kept("pve1")
+    for _ in range(2):
+        run_a_while(ha, 1)
+        cycle(ha, "pve2")
+    assert ha.g.kept("pve1") == kept and len(kept) == 1, ha.g.kept("pve1")
+    row(ha, "old primary returns with diverged writes and snapshots",
+        f"kept as {kept[0].split('/')[-1]} in the same cycle that went on replicating; 2 more cycles kept nothing",
+        serving, recovered)
+
+
+def test_a_planned_move_while_the_primarys_timer_sync_runs_loses_nothing(ha):
+    """15: HA relocates the container while a (slow) timer cycle is sending."""
+    ha.g.write_config("pve1", defaults={"bandwidth_limit": "4M"})
+    started(ha)
+    sh("pve1", ["dd", "if=/dev/urandom", f"of={ha.g.mnt}/big.bin", "bs=1M", "count=16", "status=none"])
+    th = threading.Thread(target=lambda: ha.g.sync(node="pve1", expect=None))
+    th.start()
+    deadline = time.monotonic() + 60
+    while sh("pve2", ["pgrep", "-f", "pvezfsha .*receive"], check=False).returncode != 0:
+        assert th.is_alive() and time.monotonic() < deadline, "the timer cycle never started sending"
+        time.sleep(0.3)
+    t0 = time.monotonic()
+    serving = ha.relocate("pve2")
+    recovered = time.monotonic() - t0
+    th.join(300)
+    assert serving == "pve2", output(ha)
+    pre = [o for o in ha.outputs if " pve2 pre-start " in o.splitlines()[0]][-1]
+    assert "data-loss window: none" in pre, pre
+    a = row(ha, "planned move during the primary's timer sync", "the handover waited for the cycle; RPO 0",
+            serving, recovered)
+    assert a["kept_writes"] == 0 and a["kept_copies"] == 0     # every write is live on pve2
+
+
+def test_a_standby_down_for_more_than_keep_cycles_catches_up_incrementally(make_ha):
+    """16: pve3 is off while the primary runs more changed cycles than it
+    keeps snapshots; back, it gets an incremental, not a full resend."""
+    ha = make_ha(keep=3)
+    started(ha)
+    lab().crash("pve3")
+    for _ in range(5):
+        run_a_while(ha, 1.2)
+        cycle(ha, expect=None)                          # pve3 unreachable: that part fails
+    lab().boot("pve3")
+    t0 = time.monotonic()
+    p = cycle(ha)
+    recovered = time.monotonic() - t0
+    assert re.search(r"-> pve3: @\S+ -> @\S+: \d+ bytes", p.stderr), p.stderr
+    assert not ha.g.kept("pve3")
+    row(ha, "standby down for more than `keep` changed cycles", "caught up incrementally from the cursor; "
+        "no full resend, no kept copy", "pve1", recovered)
+
+
+def test_a_corrupt_config_on_one_node_only(ha):
+    """12: pve2's config is broken; the primary dies and HA tries pve2 first."""
+    started(ha)
+    sh("pve2", f"printf '[defaults\\n' > {ha.g.config}")
+    t0 = time.monotonic()
+    ha.ct.gone()
+    lab().crash("pve1")
+    ha.prefer = ["pve2", "pve3"]
+    serving = ha.recover("pve1")
+    assert serving == "pve3", output(ha)
+    recovered = time.monotonic() - t0
+    refused = [o for o in ha.outputs if " pve2 pre-start " in o.splitlines()[0]]
+    assert refused and all("rc=0" not in o.splitlines()[0] for o in refused), refused
+    assert all(ha.g.config in o for o in refused), refused      # it says which file is broken
+    run_a_while(ha, 2)
+    lab().boot("pve1")
+    ha.g.sync(node="pve1", expect=None)
+    ha.g.write_config("pve2")                                   # the admin fixes it
+    cycle(ha, "pve3")
+    row(ha, "corrupt config on one node", f"pve2 refused ({len(refused)}x, naming the file); HA relocated "
+        "to pve3, which served", serving, recovered)
+
+
+def test_an_admin_destroying_the_base_snapshot_on_both_ends(ha):
+    """10: the newest common snapshot is destroyed on the primary and on
+    pve2 (holds released first, as an admin would have to)."""
+    started(ha)
+    run_a_while(ha, 1)
+    cycle(ha)
+    base = ha.g.record()["replicas"]["pve2"][ha.g.ds]["snapshot"]
+    for node in ("pve1", "pve2"):
+        snap = f"{ha.g.ds}@{base}"
+        for hold in sh(node, ["zfs", "holds", "-H", snap]).stdout.splitlines():
+            sh(node, ["zfs", "release", hold.split("\t")[1], snap])
+        sh(node, ["zfs", "destroy", snap])
+    run_a_while(ha, 1)
+    t0 = time.monotonic()
+    p = cycle(ha)
+    recovered = time.monotonic() - t0
+    assert not any(ha.g.kept(n) for n in ha.g.nodes)
+    row(ha, "base snapshot destroyed by an admin (primary and pve2)",
+        "next cycle found an older common base (pve2) and the cursor bookmark (pve3)", "pve1", recovered)
+    assert "pve2" in p.stderr and "pve3" in p.stderr
+
+
+def _fill(node: str) -> None:
+    """Take all but ~4 MiB of the pool, instantly: a reservation, no writes."""
+    avail = int(sh(node, ["zfs", "get", "-Hp", "-o", "value", "available", "tank"]).stdout)
+    sh(node, ["zfs", "create", "-o", f"refreservation={max(avail - (4 << 20), 0)}", "tank/filler"])
+
+
+def test_a_full_pool_on_the_standby_mid_receive_and_on_the_primary(ha):
+    """9: pve2's pool fills up during a receive; later the primary's fills
+    up with the container writing. Each cycle fails cleanly and the next
+    one after space is freed succeeds."""
+    from hasim import Container
+    started(ha)
+    _fill("pve2")
+    try:
+        sh("pve1", ["dd", "if=/dev/urandom", f"of={ha.g.mnt}/big.bin", "bs=1M", "count=32", "status=none"])
+        p = cycle(ha, expect=None)
+        assert p.returncode != 0 and "Traceback" not in p.stderr and "pve2" in p.stderr, p.stderr
+    finally:
+        sh("pve2", ["zfs", "destroy", "tank/filler"])
+    t0 = time.monotonic()
+    cycle(ha)
+    _fill("pve1")
+    try:
+        deadline = time.monotonic() + 60
+        while ha.ct.p.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)     # the container's writes fail: ENOSPC
+        p = cycle(ha, expect=None)
+        assert "Traceback" not in p.stderr, p.stderr
+    finally:
+        sh("pve1", ["zfs", "destroy", "tank/filler"])
+    ha.ct.gone()
+    ha.ct = Container(ha.g, "pve1", max(w.i for w in ha.writes) + 1, ha.period, ha.writes)
+    run_a_while(ha, 2)
+    cycle(ha)
+    recovered = time.monotonic() - t0
+    row(ha, "pool full: standby mid-receive, then the primary", f"failed cleanly (primary cycle exit "
+        f"{p.returncode}); next cycles after freeing space succeeded", "pve1", recovered)
+
+
+def test_names_with_spaces_colons_and_long_components_and_hostile_file_names(make_ha):
+    """13: a dataset named with a space, a colon and a 100-character
+    component; files named with unicode, a newline and a leading dash. A
+    planned move carries all of them, byte for byte."""
+    ctid = 900_000 + int(time.time()) % 99_999
+    ha = make_ha(ctid=ctid, names=[f"tank/t{ctid} my:data-" + "x" * 100])
+    started(ha)
+    odd = ["é中文.txt", "new\nline", "-rf", "--help", " lead space"]
+    put = ("import os,sys\n"
+           "for n in sys.argv[2:]:\n"
+           "    open(os.path.join(sys.argv[1], n), 'w').write(n)\n")
+    sh("pve1", ["python3", "-c", put, ha.g.mnt, *odd])
+    t0 = time.monotonic()
+    serving = ha.relocate("pve2")
+    assert serving == "pve2", output(ha)
+    recovered = time.monotonic() - t0
+    got = json.loads(sh("pve2", ["python3", "-c", "import os,sys,json; d=sys.argv[1]; print(json.dumps("
+                                 "{n: open(os.path.join(d, n)).read() for n in os.listdir(d) if not n.startswith(('clients', '.'))}))",
+                                 ha.g.mnt]).stdout)
+    assert {n: got.get(n) for n in odd} == {n: n for n in odd}
+    row(ha, "odd dataset and file names", "relocated with every file byte for byte", serving, recovered)
