@@ -258,6 +258,13 @@ def test_a_power_cut_of_the_primary_mid_sync_then_a_takeover_over_a_partial_rece
         f"{len(ha.g.kept('pve1'))} kept copy", serving, recovered)
 
 
+def step_holds(node: str, ds: str) -> list[str]:
+    """pvezfsha's holds on a transfer in flight, on ds's snapshots."""
+    snaps = sh(node, ["zfs", "list", "-H", "-t", "snapshot", "-d", "1", "-o", "name", ds]).stdout.splitlines()
+    out = sh(node, ["zfs", "holds", "-H", *snaps], check=False).stdout if snaps else ""
+    return [line for line in out.splitlines() if "\tpvezfsha-step" in line]
+
+
 def _interrupt(ha, fault: str) -> None:
     if fault == "sender killed":
         sh("pve1", ["pkill", "-9", "-f", "pvezfsha -v sync"], check=False)
@@ -310,7 +317,9 @@ def test_a_transfer_interrupted_mid_stream_resumes_instead_of_restarting(ha, fau
     assert zfs_get("pve2", "receive_resume_token", ha.g.ds) in ("-", "")
     run_a_while(ha, 1)
     cycle(ha)
-    row(ha, f"{fault} mid-stream", happened, "pve1", recovered)
+    # 11: the killed run's step holds (they kept the step resumable) are gone.
+    assert step_holds("pve1", ha.g.ds) == [], step_holds("pve1", ha.g.ds)
+    row(ha, f"{fault} mid-stream", happened + "; the killed run's step holds released", "pve1", recovered)
     assert not any(ha.g.kept(n) for n in ha.g.nodes)
 
 
@@ -429,10 +438,17 @@ def test_an_admin_destroying_the_base_snapshot_on_both_ends(ha):
     t0 = time.monotonic()
     p = cycle(ha)
     recovered = time.monotonic() - t0
-    assert not any(ha.g.kept(n) for n in ha.g.nodes)
+    # pve2's head now differs from its newest remaining snapshot by what the
+    # destroyed one held: a receive would need a rollback, so that state is
+    # kept (a copy of data the primary has too), never rolled back.
+    assert not ha.g.kept("pve1") and not ha.g.kept("pve3") and len(ha.g.kept("pve2")) <= 1
+    kept = ha.g.kept("pve2")
+    run_a_while(ha, 1)
+    cycle(ha)
+    assert ha.g.kept("pve2") == kept
     row(ha, "base snapshot destroyed by an admin (primary and pve2)",
-        "next cycle found an older common base (pve2) and the cursor bookmark (pve3)", "pve1", recovered)
-    assert "pve2" in p.stderr and "pve3" in p.stderr
+        "next cycle replicated from an older common base (pve2" + (", its head kept aside" if kept else "")
+        + ") and the cursor bookmark (pve3)", "pve1", recovered)
 
 
 def _fill(node: str) -> None:
@@ -466,7 +482,7 @@ def test_a_full_pool_on_the_standby_mid_receive_and_on_the_primary(ha):
     finally:
         sh("pve1", ["zfs", "destroy", "tank/filler"])
     ha.ct.gone()
-    ha.ct = Container(ha.g, "pve1", max(w.i for w in ha.writes) + 1, ha.period, ha.writes)
+    ha.ct = Container(ha.g, "pve1", ha.next_index(), ha.period, ha.writes)
     run_a_while(ha, 2)
     cycle(ha)
     recovered = time.monotonic() - t0
@@ -495,3 +511,66 @@ def test_names_with_spaces_colons_and_long_components_and_hostile_file_names(mak
                                  ha.g.mnt]).stdout)
     assert {n: got.get(n) for n in odd} == {n: n for n in odd}
     row(ha, "odd dataset and file names", "relocated with every file byte for byte", serving, recovered)
+
+
+KEYDIR = "/etc/pvezfsha-test-keys"
+
+
+@pytest.fixture
+def two_pools(make_ha):
+    """A container with tank/t<ctid> and an encrypted tank2/t<ctid>-enc,
+    which pve3 holds under another name (a per-node override)."""
+    for node in lab().nodes:
+        sh(node, "zpool list tank2 >/dev/null 2>&1 || zpool import -d /var/lib/lab tank2 2>/dev/null || "
+                 "{ truncate -s 1G /var/lib/lab/tank2.img && zpool create -o cachefile=none -O mountpoint=/tank2 "
+                 "tank2 /var/lib/lab/tank2.img; }; sync")
+    ha = make_ha()
+    g = g0 = ha.g
+    enc = f"tank2/t{g.ctid}-enc"
+    other = f"tank2/renamed-{g.ctid}"
+    key = f"{KEYDIR}/{g.ctid}.key"
+    sh("pve1", f"mkdir -p {KEYDIR} && head -c 32 /dev/urandom > {key}")
+    material = sh("pve1", ["base64", "-w0", key]).stdout
+    for node in lab().nodes[1:]:
+        sh(node, f"mkdir -p {KEYDIR} && base64 -d > {key} && sync", input=material)
+    sh("pve1", ["zfs", "create", "-o", "encryption=on", "-o", "keyformat=raw", "-o", f"keylocation=file://{key}", enc])
+    entry = '{ name = "%s", on = { pve3 = "%s" } }' % (enc, other)
+    for node in g.nodes:
+        lines = sh(node, ["cat", g.config]).stdout.replace(
+            f"datasets = {json.dumps(g.datasets)}", f"datasets = [{json.dumps(g.ds)}, {entry}]")
+        sh(node, f"cat > {g.config}", input=lines)
+    g.enc, g.other, g.key = enc, other, key
+    yield ha
+    for node in g0.nodes:
+        for ds in (enc, other):
+            sh(node, f"zfs list -H -o name -r tank2 | grep -F '{ds}' | sort -r | xargs -r -n1 zfs destroy -R",
+               check=False)
+        sh(node, ["rm", "-f", key], check=False)
+
+
+def test_two_pools_one_encrypted_with_a_per_node_name_survive_a_crash_failover(two_pools):
+    """17: a crash failover to the node that names the encrypted dataset
+    differently: both datasets are promoted, the raw replica with its key."""
+    ha = two_pools
+    g = ha.g
+    sh("pve1", ["sh", "-c", f"head -c 2000000 /dev/urandom > /tank2/t{g.ctid}-enc/secret.bin && sync"])
+    want = sh("pve1", ["sha256sum", f"/tank2/t{g.ctid}-enc/secret.bin"]).stdout.split()[0]
+    started(ha)
+    assert zfs_get("pve3", "keystatus", g.other) == "unavailable"      # held raw, without the key
+    assert zfs_get("pve3", "encryption", g.other) != "off"
+    t0 = time.monotonic()
+    ha.ct.gone()
+    lab().crash("pve1")
+    ha.prefer = ["pve3", "pve2"]
+    serving = ha.recover("pve1")
+    assert serving == "pve3", output(ha)
+    recovered = time.monotonic() - t0
+    assert zfs_get("pve3", "mounted", g.other) == "yes" and zfs_get("pve3", "keystatus", g.other) == "available"
+    mnt = zfs_get("pve3", "mountpoint", g.other)
+    assert sh("pve3", ["sha256sum", f"{mnt}/secret.bin"]).stdout.split()[0] == want
+    run_a_while(ha, 2)
+    lab().boot("pve1")
+    ha.g.sync(node="pve1", expect=None)
+    cycle(ha, "pve3")
+    row(ha, "two pools, one encrypted (raw), per-node name", f"pve3 promoted {g.other} with its key and "
+        f"{g.ds}; pve1 returned as a standby", serving, recovered)
