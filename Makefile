@@ -75,7 +75,7 @@ test-faults: SHELL := /bin/bash
 test-faults: deb
 	@mkdir -p $(OUT)
 	@$(LAB) down
-	@trap '$(FAULTS_LAB) $(LAB) down' EXIT; \
+	@trap 'cd $(CURDIR) && $(FAULTS_LAB) $(LAB) down' EXIT; \
 	$(FAULTS_LAB) $(LAB) up --nodes 3 --cfs && $(FAULTS_LAB) $(LAB) install-deb $(DEB) && $(FAULTS_LAB) $(LAB) push && \
 	cd tests/lab && $(FAULTS_LAB) PVEZFSHA_LAB=1 PVEZFSHA_LAB_HOST=1 PVEZFSHA_FAULTS_TABLE=../../$(OUT)/faults.md \
 		$(PYTHON) -m pytest -v -p no:cacheprovider test_faults.py 2>&1 | tee ../../$(OUT)/faults.log; \
@@ -98,7 +98,7 @@ DRILL_LAB := PVEZFSHA_LAB_RUN=/tmp/pvezfsha-lab-drill PVEZFSHA_LAB_PORT_BASE=242
 demo: lab-deb
 	@$(LAB) run pve1 python3 /opt/pvezfsha/tests/lab/demo.py
 	@$(LAB) down
-	@trap '$(DRILL_LAB) $(LAB) down' EXIT; \
+	@trap 'cd $(CURDIR) && $(DRILL_LAB) $(LAB) down' EXIT; \
 	$(DRILL_LAB) $(LAB) up --nodes 2 --cfs && $(DRILL_LAB) $(LAB) install-deb $(DEB) && $(DRILL_LAB) $(LAB) push && \
 	$(DRILL_LAB) $(PYTHON) tests/lab/drill.py
 

@@ -94,6 +94,23 @@ def started(ha, node="pve1"):
     run_a_while(ha, 2)
 
 
+def power_cut(ha, node: str, prefer: list[str]) -> tuple[str, float]:
+    """node loses power with the container on it, and HA recovers the
+    service by `prefer`: the node it runs on, and seconds from the cut."""
+    t0 = time.monotonic()
+    ha.ct.gone()
+    lab().crash(node)
+    ha.prefer = prefer
+    return ha.recover(node), time.monotonic() - t0
+
+
+def returns_as_standby(ha, node: str, primary: str) -> None:
+    """node boots again, and its own timer finds it is a standby now."""
+    lab().boot(node)
+    s = ha.g.sync(node=node, expect=None)
+    assert f"standby (primary is {primary})" in s.stderr, s.stderr
+
+
 def output(ha) -> str:
     return "\n".join(ha.outputs)
 
@@ -178,19 +195,12 @@ def test_ha_picking_the_staler_survivor_still_serves_every_acknowledged_write(ha
     rec = ha.g.record()
     assert rec["replicas"]["pve2"][ha.g.ds]["guid"] != rec["replicas"]["pve3"][ha.g.ds]["guid"], rec
     lab().link("pve3", True)
-    t0 = time.monotonic()
-    ha.ct.gone()
-    lab().crash("pve1")
-    ha.prefer = ["pve3", "pve2", "pve1"]
-    serving = ha.recover("pve1")
+    serving, recovered = power_cut(ha, "pve1", ["pve3", "pve2", "pve1"])
     assert serving in ("pve2", "pve3"), output(ha)
-    recovered = time.monotonic() - t0
     pres = [o for o in ha.outputs if " pre-start " in o.splitlines()[0]]
     verdicts = [o.splitlines()[0].strip("- ") for o in pres[1:]]
     run_a_while(ha, 2)
-    lab().boot("pve1")                           # returns: its last writes must be kept
-    s = ha.g.sync(node="pve1", expect=None)
-    assert f"standby (primary is {serving})" in s.stderr, s.stderr
+    returns_as_standby(ha, "pve1", serving)      # its last writes must be kept
     cycle(ha, serving)
     row(ha, "3 nodes, HA picks the staler survivor",
         f"served on {serving} after {len(pres) - 1} start(s): {'; '.join(verdicts)}", serving, recovered)
@@ -249,9 +259,7 @@ def test_a_power_cut_of_the_primary_mid_sync_then_a_takeover_over_a_partial_rece
     recovered = time.monotonic() - t0
     assert zfs_get("pve2", "receive_resume_token", ha.g.ds) in ("-", "")
     run_a_while(ha, 2)
-    lab().boot("pve1")
-    s = ha.g.sync(node="pve1", expect=None)       # its timer: standby now
-    assert "standby (primary is pve2)" in s.stderr, s.stderr
+    returns_as_standby(ha, "pve1", "pve2")
     cycle(ha, "pve2")
     row(ha, "primary power cut mid-sync (partial receive on the standby)",
         f"pve2 dropped the partial receive and served; pve1 returned as a standby, "
@@ -330,13 +338,8 @@ def test_the_old_primary_returns_with_diverged_writes_and_snapshots_of_its_own(h
     cycle, and later cycles keep no further copies."""
     from hasim import Write
     started(ha)
-    t0 = time.monotonic()
-    ha.ct.gone()
-    lab().crash("pve1")
-    ha.prefer = ["pve2", "pve3"]
-    serving = ha.recover("pve1")
+    serving, recovered = power_cut(ha, "pve1", ["pve2", "pve3"])
     assert serving == "pve2", output(ha)
-    recovered = time.monotonic() - t0
     run_a_while(ha, 2)
     lab().boot("pve1")
     i = max(w.i for w in ha.writes) + 100_000
@@ -403,13 +406,8 @@ def test_a_corrupt_config_on_one_node_only(ha):
     """12: pve2's config is broken; the primary dies and HA tries pve2 first."""
     started(ha)
     sh("pve2", f"printf '[defaults\\n' > {ha.g.config}")
-    t0 = time.monotonic()
-    ha.ct.gone()
-    lab().crash("pve1")
-    ha.prefer = ["pve2", "pve3"]
-    serving = ha.recover("pve1")
+    serving, recovered = power_cut(ha, "pve1", ["pve2", "pve3"])
     assert serving == "pve3", output(ha)
-    recovered = time.monotonic() - t0
     refused = [o for o in ha.outputs if " pve2 pre-start " in o.splitlines()[0]]
     assert refused and all("rc=0" not in o.splitlines()[0] for o in refused), refused
     assert all(ha.g.config in o for o in refused), refused      # it says which file is broken
@@ -558,13 +556,8 @@ def test_two_pools_one_encrypted_with_a_per_node_name_survive_a_crash_failover(t
     started(ha)
     assert zfs_get("pve3", "keystatus", g.other) == "unavailable"      # held raw, without the key
     assert zfs_get("pve3", "encryption", g.other) != "off"
-    t0 = time.monotonic()
-    ha.ct.gone()
-    lab().crash("pve1")
-    ha.prefer = ["pve3", "pve2"]
-    serving = ha.recover("pve1")
+    serving, recovered = power_cut(ha, "pve1", ["pve3", "pve2"])
     assert serving == "pve3", output(ha)
-    recovered = time.monotonic() - t0
     assert zfs_get("pve3", "mounted", g.other) == "yes" and zfs_get("pve3", "keystatus", g.other) == "available"
     mnt = zfs_get("pve3", "mountpoint", g.other)
     assert sh("pve3", ["sha256sum", f"{mnt}/secret.bin"]).stdout.split()[0] == want
