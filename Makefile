@@ -16,7 +16,7 @@ NODES   ?= 2
 VERSION := $(shell sed -n '1s/^[^(]*(\([^)]*\)).*/\1/p' packaging/debian/changelog)
 DEB     := build/pvezfsha_$(VERSION)_all.deb
 
-.PHONY: deps test test-fresh test-fast test-lab test-failover test-faults test-pkg deb lab-deb demo bench lab-up lab-down lab-push clean
+.PHONY: deps test test-fresh test-fast test-lab test-failover test-faults test-pkg deb lab-deb demo bench bench-agent lab-up lab-down lab-push clean
 
 deps:
 	tests/lab/host-deps.sh $(PYTHON) $(TIERS)
@@ -105,6 +105,15 @@ demo: lab-deb
 bench: lab-deb
 	@$(LAB) run pve1 python3 /opt/pvezfsha/bench/bench_sync.py
 	@$(PYTHON) bench/bench_takeover.py
+
+# Continuous mode against timer mode and a bzfs tight loop (bench/bench_agent.py),
+# about 25 minutes; results, table and plot in bench/results/.
+bench-agent: SHELL := /bin/bash
+bench-agent: lab-deb
+	@mkdir -p $(OUT)
+	$(PYTHON) bench/bzfs_baseline.py
+	$(LAB) run pve1 python3 /opt/pvezfsha/bench/bench_agent.py 2>&1 | tee $(OUT)/bench-agent.log; test $${PIPESTATUS[0]} -eq 0
+	$(PYTHON) bench/agent_report.py $(OUT)/bench-agent.log
 
 clean:
 	rm -rf $(OUT)

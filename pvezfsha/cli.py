@@ -57,6 +57,26 @@ def _network(text: str):
         raise argparse.ArgumentTypeError(f"{text!r} is not a network such as 10.0.0.0/24") from None
 
 
+def _budget(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of directories") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must not be negative")
+    return value
+
+
+def _keep_warm(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 <= value <= 86400:
+        raise argparse.ArgumentTypeError(f"{text!r}: between 0 and 86400 seconds")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pvezfsha",
                                 description="Replicate a Proxmox container's local ZFS datasets to its standby nodes.")
@@ -72,6 +92,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--wait", type=_wait, default=0, metavar="SECONDS",
                    help="wait this long for a dataset another run holds, and fail if it stays busy "
                         "(a final push; the timer never waits)")
+    a = sub.add_parser("agent", help="continuous mode: replicate seconds after writes settle "
+                                     "(what pvezfsha-agent.service runs)")
+    a.add_argument("--watch-budget", type=_budget, default=None, metavar="N",
+                   help="watch at most N directories in all (default: the kernel's fs.inotify.max_user_watches); "
+                        "a dataset past it has its `written` property read instead")
+    a.add_argument("--keep-warm", type=_keep_warm, default=120.0, metavar="SECONDS",
+                   help="keep the ssh sessions to the standbys open this long after the last cycle (120)")
     st = sub.add_parser("status", help="replication state of each protected dataset, as this node sees it")
     st.add_argument("ctids", nargs="*", type=_ctid, metavar="CTID")
     st.add_argument("--json", action="store_true", help="machine-readable output")
@@ -108,7 +135,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 # The commands that go through libzfs_core on this node (doctor reports it as a check).
-_ZFS_COMMANDS = {"sync", "status", "receive", "promote", "demote", "diverged", "transfer"}
+_ZFS_COMMANDS = {"sync", "agent", "status", "receive", "promote", "demote", "diverged", "transfer"}
 
 
 def _require(args: argparse.Namespace) -> None:
@@ -174,6 +201,9 @@ def _main(argv: list[str] | None) -> int:
         if args.command == "sync":
             from pvezfsha import sync
             return sync.run(cfg, args.ctids, dry_run=args.dry_run, if_due=args.if_due, wait=args.wait)
+        if args.command == "agent":
+            from pvezfsha import agent
+            return agent.run(lambda: config.load(args.config), budget=args.watch_budget, keep_warm=args.keep_warm)
         if args.command == "status":
             from pvezfsha import status
             return status.run(cfg, args.ctids, as_json=args.json)

@@ -125,6 +125,13 @@ class Options:
     stall_timeout: float = 300.0
     handover_timeout: float = 900.0
     final_push_timeout: float = 300.0
+    # Continuous mode (`pvezfsha agent`): a cycle `quiet` seconds after the
+    # last write, at most `max_delay` after the first one under constant
+    # writes, and never less than `min_interval` after the previous cycle.
+    continuous: bool = False
+    quiet: float = 2.0
+    max_delay: float = 5.0
+    min_interval: float = 3.0
 
 
 @dataclass(frozen=True)
@@ -180,9 +187,19 @@ _OPTION_KEYS = {
     "stall_timeout": lambda v: _positive(parse_duration(v)),
     "handover_timeout": lambda v: _positive(parse_duration(v)),
     "final_push_timeout": lambda v: _positive(parse_duration(v)),
+    "continuous": lambda v: _bool(v),
+    "quiet": lambda v: _positive(parse_duration(v)),
+    "max_delay": lambda v: _positive(parse_duration(v)),
+    "min_interval": lambda v: _positive(parse_duration(v)),
 }
 _DEFAULTS_KEYS = set(_OPTION_KEYS) | {"interval", "ssh_user", "ssh_port"}
 _CONTAINER_KEYS = set(_OPTION_KEYS) | {"ctid", "datasets", "nodes"}
+
+
+def _bool(v):
+    if not isinstance(v, bool):
+        raise ValueError(f"{v!r} is not true or false")
+    return v
 
 
 def _choice(v, allowed):
@@ -225,7 +242,11 @@ def _options(table: dict, base: Options, where: str, path: str) -> Options:
                 values[key] = conv(table[key])
             except ValueError as e:
                 raise ConfigError(f"{path}: {where}.{key}: {e}") from None
-    return Options(**{**base.__dict__, **values})
+    opts = Options(**{**base.__dict__, **values})
+    if opts.quiet > opts.max_delay:
+        raise ConfigError(f"{path}: {where}.quiet: {opts.quiet:g} s is longer than max_delay "
+                          f"({opts.max_delay:g} s): writes would never be quiet for long enough to count")
+    return opts
 
 
 def _unknown(table: dict, allowed: set[str], where: str, path: str) -> None:

@@ -35,7 +35,7 @@ from pvezfsha.config import Config, check_dataset_name
 from pvezfsha.errors import PvezfshaError, ZfsError
 from pvezfsha.log import logger
 from pvezfsha.planner import EMPTY_PLACEHOLDER_BYTES
-from pvezfsha.record import RecordStore
+from pvezfsha.record_store import RecordStore
 from pvezfsha.replica import INERT
 from pvezfsha.state import Locked, dataset_lock
 from pvezfsha.transport import PROTOCOL, read_line, write_json
@@ -122,6 +122,22 @@ class Server:
         cluster = Cluster()
         self.node = cluster.local_node()
         self.store = RecordStore(cluster.root)
+        self._cfg_key = self._config_key()
+
+    def _config_key(self):
+        try:
+            st = os.stat(self.cfg.path)
+        except OSError:
+            return None
+        return st.st_ino, st.st_mtime_ns, st.st_size
+
+    def _fresh_config(self) -> None:
+        """A warm session serves cycle after cycle: what this node receives
+        follows its config file as edited since the session began."""
+        key = self._config_key()
+        if key is not None and key != self._cfg_key:
+            self.cfg = config.load(self.cfg.path)
+            self._cfg_key = key
 
     def _lock(self, dataset: str) -> None:
         # Only for changes, held for the rest of the session: a local run
@@ -340,11 +356,23 @@ class Server:
         result = divergence.keep_diverged(ds, base_guid, prefix, self.node)
         return {**result, "state": zfs.read_state(ds).to_dict()}
 
+    def op_release(self, req: dict) -> dict:
+        """The end of a cycle over a warm session: let go of the datasets this
+        session changed, so that a run on this node (a takeover's promotion,
+        the fence) can take them between cycles. The next change takes its
+        lock again, and its fence reads the record again."""
+        released = sorted(self.locked)
+        self.locks.close()
+        self.locks = ExitStack()
+        self.locked.clear()
+        return {"released": released}
+
     def handle(self, req) -> dict:
         """One request's reply: {"ok": True, ...}, or ok False with a one-line error."""
         try:
             if not isinstance(req, dict):
                 raise _bad("a request must be a JSON object")
+            self._fresh_config()
             op = req.get("op", "")
             handler = getattr(self, f"op_{op}", None) if isinstance(op, str) else None
             if handler is None:

@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pvezfsha.cluster import Cluster
-from pvezfsha.record import Record, RecordStore
+from pvezfsha.record import Record
+from pvezfsha.record_store import RecordStore
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from pvezfsha import zfs
 from pvezfsha.cluster import Cluster
 from pvezfsha.config import Config
 from pvezfsha.divergence import KEPT_PROP
-from pvezfsha.record import RecordError, RecordStore
+from pvezfsha.record_store import RecordError, RecordStore
 from pvezfsha.role import role_of
 from pvezfsha.takeover import fmt_age
 from pvezfsha.versions import cursor_guid

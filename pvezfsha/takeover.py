@@ -1,6 +1,6 @@
 """Pure takeover decisions for the pre-start hook: facts in, verdicts out.
 
-The hook (hook.py) gathers the facts (quorum, the cluster record, who is
+The takeover engine (takeover_engine.py) gathers the facts (quorum, the cluster record, who is
 online, what each reachable node holds) and does the I/O; every decision is
 made here, so the whole decision table is tested without ZFS or a cluster.
 

@@ -191,10 +191,24 @@ class Session:
         except OSError:
             raise self._dead(f"{op}: connection lost") from None
 
-    def request(self, op: str, **args) -> dict:
+    def request(self, op: str, *, timeout: float | None = None, **args) -> dict:
         self.ready()
         self._write(op, {"op": op, **args})
-        return self._reply(self.reply_timeout)
+        return self._reply(self.reply_timeout if timeout is None else timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._failed is None and self.proc.poll() is None
+
+    def ping(self, timeout: float = 15) -> dict:
+        """A warm session's heartbeat: the peer's receive answers `hello` again."""
+        return self.request("hello", timeout=timeout, protocol=PROTOCOL)
+
+    def clear_stderr(self) -> None:
+        """A warm session lives for many cycles: keep only the current one's messages."""
+        if not self._err.closed:
+            self._err.seek(0)
+            self._err.truncate()
 
     # -- streams -----------------------------------------------------------------
 

@@ -144,3 +144,28 @@ def test_address_that_would_be_an_ssh_option_is_refused():
 
 def test_address_with_a_trailing_newline_is_refused():
     assert "nodes.pve2.address" in error('[nodes.pve2]\naddress = "10.0.0.2\\n"\n')
+
+
+# -- continuous mode ----------------------------------------------------------------
+
+_CT = '[[container]]\nctid = 103\ndatasets = ["tank/media"]\nnodes = ["pve1", "pve2"]\n'
+
+
+def test_continuous_mode_is_off_unless_asked_and_has_documented_defaults():
+    o = config.parse(_CT).containers[103].options
+    assert (o.continuous, o.quiet, o.max_delay, o.min_interval) == (False, 2.0, 5.0, 3.0)
+
+
+def test_continuous_mode_is_set_per_container_with_its_own_pace():
+    o = config.parse(_CT + 'continuous = true\nquiet = "1s"\nmax_delay = "1m"\n').containers[103].options
+    assert (o.continuous, o.quiet, o.max_delay) == (True, 1.0, 60.0)
+
+
+def test_continuous_must_be_a_boolean():
+    with pytest.raises(ConfigError, match=r"container\[ctid=103\]\.continuous: 'yes' is not true or false"):
+        config.parse(_CT + 'continuous = "yes"\n')
+
+
+def test_a_quiet_period_longer_than_max_delay_is_refused():
+    with pytest.raises(ConfigError, match="quiet: 30 s is longer than max_delay"):
+        config.parse('[defaults]\nquiet = "30s"\nmax_delay = "10s"\n' + _CT)

@@ -10,8 +10,9 @@ import pytest
 from pvezfsha import config, hook
 from pvezfsha.cluster import Cluster
 from pvezfsha.errors import TransportError, ZfsError
-from pvezfsha.hook import Refused, Takeover
-from pvezfsha.record import Record, RecordStore, Replica
+from pvezfsha.takeover_engine import Refused, Takeover
+from pvezfsha.record import Record, Replica
+from pvezfsha.record_store import RecordStore
 from pvezfsha.takeover import Case, Holding
 from pvezfsha.versions import DatasetState, Version
 
@@ -244,7 +245,7 @@ def test_a_record_write_that_fails_refuses_before_anything_is_made_writable(tmp_
 
     def eacces(*a):
         raise PermissionError(13, "Permission denied")
-    monkeypatch.setattr("pvezfsha.record.os.rename", eacces)
+    monkeypatch.setattr("pvezfsha.record_store.os.rename", eacces)
     with pytest.raises(Refused, match="cannot record this node as primary"):
         t.run()
     assert local.promoted is None

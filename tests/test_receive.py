@@ -11,7 +11,8 @@ import pytest
 from pvezfsha import config, receive
 from pvezfsha.errors import ZfsError
 from pvezfsha.planner import EMPTY_PLACEHOLDER_BYTES
-from pvezfsha.record import Record, RecordStore
+from pvezfsha.record import Record
+from pvezfsha.record_store import RecordStore
 from pvezfsha.state import dataset_lock
 from pvezfsha.versions import DatasetState, Version
 
@@ -291,12 +292,50 @@ def test_a_takeover_names_the_container_when_it_asks_a_survivor(monkeypatch):
 
 
 def test_a_sync_starts_the_peers_receive_with_the_same_config_path(monkeypatch):
-    from pvezfsha import sync
-    monkeypatch.setattr(sync, "Session", lambda argv, peer, **kw: FakeSession(argv))
+    from pvezfsha import cycle, push
+    monkeypatch.setattr(push, "Session", lambda argv, peer, **kw: FakeSession(argv))
     cfg = config.parse(CONFIG, "/etc/pvezfsha/pvezfsha.toml")
 
     class Cluster:
         def address(self, node, overrides):
             return "10.0.0.2"
-    s = sync.open_session(sync.SyncContext(cfg, Cluster()), cfg.containers[103], "pve2")
+    s = push.open_session(cycle.SyncContext(cfg, Cluster()), cfg.containers[103], "pve2")
     assert s.argv[-4:] == ["pvezfsha", "--config", "/etc/pvezfsha/pvezfsha.toml", "receive"]
+
+
+# -- a warm session: one session, many cycles --------------------------------------
+
+def test_a_warm_session_releases_the_datasets_it_changed_at_the_end_of_a_cycle(server):
+    assert server.handle(push())["ok"]
+    with pytest.raises(Exception, match="busy"):
+        with dataset_lock("tank/media", "promote"):
+            pass
+    assert server.handle({"op": "release"}) == {"ok": True, "released": ["tank/media"]}
+    with dataset_lock("tank/media", "promote"):   # a takeover here is not kept waiting
+        pass
+
+
+def test_a_warm_session_takes_the_lock_again_for_the_next_cycle(server):
+    server.handle(push())
+    server.handle({"op": "release"})
+    assert server.handle(push())["ok"]
+    with pytest.raises(Exception, match="busy"):
+        with dataset_lock("tank/media", "promote"):
+            pass
+
+
+def test_a_warm_session_opened_before_a_takeover_is_refused_after_it(server, tmp_path):
+    assert server.handle(push())["ok"]
+    server.handle({"op": "release"})
+    RecordStore(tmp_path).write(Record(103, primary="pve1", epoch=4))   # this node took over meanwhile
+    refused(server, push(), "StaleEpoch")
+
+
+def test_a_warm_session_follows_its_config_file_as_edited(server, tmp_path):
+    path = tmp_path / "pvezfsha.toml"
+    path.write_text(CONFIG)
+    server.cfg = config.parse(CONFIG, str(path))
+    server._cfg_key = server._config_key()
+    assert server.handle(push())["ok"]
+    path.write_text(CONFIG.replace('ctid = 103', 'ctid = 104'))
+    refused(server, push(), "NotConfigured")

@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from pvezfsha.record import Record, RecordError, RecordStore, Replica
+from pvezfsha.record import Record, Replica
+from pvezfsha.record_store import RecordError, RecordStore
 
 
 def test_record_round_trips_through_pmxcfs(tmp_path):
@@ -36,7 +37,7 @@ def test_write_without_quorum_fails_and_leaves_no_temp_file(tmp_path, monkeypatc
 
     def eacces(*a):
         raise PermissionError(errno.EACCES, "Permission denied")
-    monkeypatch.setattr("pvezfsha.record.os.rename", eacces)
+    monkeypatch.setattr("pvezfsha.record_store.os.rename", eacces)
     with pytest.raises(RecordError, match="no quorum"):
         store.write(Record(103, primary="pve2", epoch=2))
     monkeypatch.undo()

@@ -16,7 +16,7 @@ What a PVE node sees of pmxcfs, and what this emulates (the sources are in
 - **Without quorum** a node keeps reading the tree as it was when it lost
   quorum, and cannot write it. pmxcfs refuses with EACCES; here the node's
   /etc/pve is a read-only bind mount of a frozen copy, so writes fail with
-  EROFS. pvezfsha treats both as "no quorum" (record.py). /etc/pve/local
+  EROFS. pvezfsha treats both as "no quorum" (record_store.py). /etc/pve/local
   loses its write bit, which is what PVE's check_cfs_quorum reads.
 - **.members is per partition:** the host writes one file per node, with
   the node's own partition online and quorate set as corosync would say.

@@ -219,7 +219,12 @@ class Lab:
 
     def __init__(self, run_dir: str | os.PathLike | None = None,
                  port_base: int | None = None):
-        self.run = Path(run_dir or os.environ.get("PVEZFSHA_LAB_RUN", DEFAULT_RUN))
+        # An empty PVEZFSHA_LAB_RUN means the default, never Path("") (the
+        # current directory, which `down` would then delete): an absolute
+        # path only, so that no typo can aim rmtree at a working tree.
+        self.run = Path(run_dir or os.environ.get("PVEZFSHA_LAB_RUN") or DEFAULT_RUN)
+        if not self.run.is_absolute():
+            raise LabError(f"PVEZFSHA_LAB_RUN={self.run}: the lab's run dir must be an absolute path")
         self.state_file = self.run / "state.json"
         state = self._state()
         if port_base is None:
@@ -593,6 +598,9 @@ class Lab:
         """Power off every node and the hub, and delete the run dir."""
         if not self.run.exists():
             return
+        if not (self.run / "state.json").exists() and not any(self.run.glob("*.pid")):
+            # Not a lab run dir (no state, no pid file): never delete it.
+            raise LabError(f"{self.run} does not look like a lab run dir; not deleting it")
         with self._lock():
             for pidfile in self.run.glob("*.pid"):
                 name = pidfile.name[:-4]
