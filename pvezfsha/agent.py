@@ -47,11 +47,11 @@ from pvezfsha.cycle import SyncContext, sync_container
 from pvezfsha.debounce import Debouncer
 from pvezfsha.engine import human_bytes
 from pvezfsha.errors import PvezfshaError
+from pvezfsha.handoff import claim_agent, handoff_dir, take, waiting
 from pvezfsha.log import logger
 from pvezfsha.record_store import RecordError, RecordStore
 from pvezfsha.role import role_of
 from pvezfsha.sessions import WarmSessions
-from pvezfsha.handoff import claim_agent, handoff_dir, take, waiting
 from pvezfsha.state import first_time
 from pvezfsha.watch import TreeWatcher, WrittenPoller
 

@@ -67,16 +67,6 @@ def _budget(text: str) -> int:
     return value
 
 
-def _keep_warm(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not 0 <= value <= 86400:
-        raise argparse.ArgumentTypeError(f"{text!r}: between 0 and 86400 seconds")
-    return value
-
-
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pvezfsha",
                                 description="Replicate a Proxmox container's local ZFS datasets to its standby nodes.")
@@ -97,7 +87,7 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--watch-budget", type=_budget, default=None, metavar="N",
                    help="watch at most N directories in all (default: the kernel's fs.inotify.max_user_watches); "
                         "a dataset past it has its `written` property read instead")
-    a.add_argument("--keep-warm", type=_keep_warm, default=120.0, metavar="SECONDS",
+    a.add_argument("--keep-warm", type=_wait, default=120.0, metavar="SECONDS",
                    help="keep the ssh sessions to the standbys open this long after the last cycle (120)")
     st = sub.add_parser("status", help="replication state of each protected dataset, as this node sees it")
     st.add_argument("ctids", nargs="*", type=_ctid, metavar="CTID")
