@@ -89,7 +89,10 @@ def main() -> int:
     png = plot(res, stem.with_suffix(".png"))
     stem.with_suffix(".md").write_text(
         f"# Continuous mode: standby lag (bench/bench_agent.py, {res['started']}, commit {res['commit']})\n\n"
-        f"Workload {res['work_s']} s per replicator; versions {res['versions']}.\n\n" + md
+        f"Workload {res['work_s']} s per replicator; versions {res['versions']}.\n\n"
+        "Lag, sampled every second: now - max(creation of the standby's newest snapshot, start of the "
+        "workload), i.e. how old the oldest write the standby lacks is (writes never stop during the "
+        "workload). Idle: after the workload, with no writes.\n\n" + md
         + (f"\n![lag curves]({stem.with_suffix('.png').name})\n" if png else ""))
     print(md)
     print(f"written: {stem}.json, .md" + (", .png" if png else ""))
