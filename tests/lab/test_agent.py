@@ -278,15 +278,27 @@ def test_a_warm_session_is_reused_reopened_when_broken_and_fenced_by_epoch(make_
 
 # -- the agent and the timer ----------------------------------------------------------------
 
-def _held_by(g, what: str, timeout: float = 60) -> None:
+def _held_by(g, what: str, timeout: float = 60, proc=None) -> None:
+    """Until `what` holds the dataset's lock; `proc` is the process that should
+    take it: its exit before then is the failure, with what it printed."""
     lock = f"/run/pvezfsha/locks/{g.ds.replace('/', '%')}.lock"
     deadline = time.monotonic() + timeout
     while True:
-        busy = sh("pve1", ["flock", "-n", lock, "true"], check=False).returncode != 0
-        if busy and sh("pve1", ["cat", lock], check=False).stdout.startswith(what):
+        # Read /proc/locks, never take the lock to probe it: a probe that
+        # holds it for a moment makes the run it is waiting for find the
+        # dataset busy and skip it (the .ci/run of ba8b67c failed that way).
+        inode = sh("pve1", ["stat", "-c", "%i", lock], check=False).stdout.strip()
+        busy = bool(inode) and any(line.split()[5].endswith(f":{inode}")
+                                   for line in sh("pve1", ["cat", "/proc/locks"]).stdout.splitlines()
+                                   if len(line.split()) > 5 and line.split()[1] == "FLOCK")
+        holder = sh("pve1", ["cat", lock], check=False).stdout
+        if busy and holder.startswith(what):
             return
+        if proc is not None and proc.poll() is not None:
+            out, err = proc.communicate()
+            raise AssertionError(f"{what} exited ({proc.returncode}) without holding {lock}:\n{out}{err}")
         if time.monotonic() > deadline:
-            raise AssertionError(f"{lock} never held by {what}")
+            raise AssertionError(f"{lock} never held by {what} (last holder: {holder.strip()!r})")
         time.sleep(0.1)
 
 
@@ -306,7 +318,7 @@ def test_the_agent_and_the_timer_never_run_a_dataset_at_the_same_time(make_group
         timer = subprocess.Popen(["pvezfsha", "-v", "sync", str(g.ctid)], stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True,
                                  env={**os.environ, **g.env(), "PVEZFSHA_FAULT": "cycle.locked:sleep"})
-        _held_by(g, "sync")
+        _held_by(g, "sync", proc=timer)
         sh("pve1", f"echo b > {g.mnt}/b")
         a.wait_for("busy \\(locked by sync pid", timeout=30)
         out, err = timer.communicate(timeout=120)
