@@ -40,7 +40,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pvezfsha import sdnotify
+from pvezfsha import observe, sdnotify
 from pvezfsha.cluster import Cluster
 from pvezfsha.config import Config, Container
 from pvezfsha.cycle import SyncContext, sync_container
@@ -57,6 +57,7 @@ from pvezfsha.watch import TreeWatcher, WrittenPoller
 
 ROLE_CHECK = 3.0       # seconds between stats of the record and .vmlist
 POLL_WRITTEN = 5.0     # seconds between `written` reads of unwatched datasets
+PUBLISH_EVERY = 60.0   # seconds between metrics files (and alert reviews) while idle
 RETRY = (5.0, 15.0, 30.0, 60.0, 120.0)   # after a failed cycle, by consecutive failures
 
 
@@ -152,6 +153,8 @@ class Worker(threading.Thread):
                 self._safely(self.sessions.warm_up, *args)
             elif kind == "reset":
                 self._safely(self.sessions.close)
+            elif kind == "publish":
+                self._safely(observe.publish, *args)
 
     @staticmethod
     def _safely(fn, *args) -> None:
@@ -165,6 +168,7 @@ class Worker(threading.Thread):
         peers = [n for n in ct.nodes if n != ctx.cluster.local_node()]
         try:
             cycle = sync_container(ctx, ct, pool=self.sessions, what="agent")
+            observe.after_cycle(ctx, ct, cycle)
         except Exception as e:   # a ZFS error, a bug: logged, retried, never the end of the agent
             logger.exception(f"CT {ct.ctid}: continuous cycle failed: {e}")
             return Done(ct.ctid, 1, True, 0, 0, 0, time.monotonic() - t0, peers, error=str(e))
@@ -213,6 +217,7 @@ class Agent:
         next_roles = self.clock() + ROLE_CHECK
         next_poll = self.clock() + POLL_WRITTEN
         next_ping = self.clock()
+        next_publish = self.clock()
         try:
             while not self._stop:
                 if not self.worker.is_alive():
@@ -228,10 +233,14 @@ class Agent:
                     self._poll_written(now)
                     next_poll = now + POLL_WRITTEN
                 self._start_due(now)
+                if now >= next_publish:
+                    # The metrics and alerts between cycles: lag grows while nothing is sent.
+                    self.worker.submit(("publish", (SyncContext(self.cfg, self.cluster),)))
+                    next_publish = now + PUBLISH_EVERY
                 if watchdog is not None and now >= next_ping:
                     sdnotify.notify("WATCHDOG=1")
                     next_ping = now + watchdog
-                wake = [next_roles, next_poll] + [d for w in self.watched.values()
+                wake = [next_roles, next_poll, next_publish] + [d for w in self.watched.values()
                                                   if not w.running and (d := w.debounce.deadline()) is not None]
                 # A rescan the watcher deferred after an overflow (watch.py) is due then.
                 wake += [w.watcher.next_rescan for w in self.watched.values()

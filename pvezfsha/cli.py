@@ -91,7 +91,10 @@ def parser() -> argparse.ArgumentParser:
                    help="keep the ssh sessions to the standbys open this long after the last cycle (120)")
     st = sub.add_parser("status", help="replication state of each protected dataset, as this node sees it")
     st.add_argument("ctids", nargs="*", type=_ctid, metavar="CTID")
-    st.add_argument("--json", action="store_true", help="machine-readable output")
+    st.add_argument("--json", action="store_true",
+                    help="machine-readable output (schema pvezfsha-status/1, packaging/status.schema.json)")
+    st.add_argument("--check", action="store_true",
+                    help="one line and a Nagios exit code: 0 ok, 1 warning, 2 critical, 3 unknown")
     sub.add_parser("receive", help="receiving end of a sync, run over ssh by the primary")
     i = sub.add_parser("init", help="protect a container: map its ZFS bind mounts, write the config, show the diff")
     i.add_argument("ctid", type=_ctid, metavar="CTID")
@@ -196,7 +199,7 @@ def _main(argv: list[str] | None) -> int:
             return agent.run(lambda: config.load(args.config), budget=args.watch_budget, keep_warm=args.keep_warm)
         if args.command == "status":
             from pvezfsha import status
-            return status.run(cfg, args.ctids, as_json=args.json)
+            return status.run(cfg, args.ctids, as_json=args.json, check=args.check)
         if args.command in ("promote", "demote"):
             from pvezfsha import hook
             from pvezfsha.cluster import Cluster
@@ -212,6 +215,9 @@ def _main(argv: list[str] | None) -> int:
             return sync.transfer(cfg, args.ctid, args.to, args.final)
     except PvezfshaError as e:
         logger.error(str(e))
+        if args.command == "status" and args.check:
+            print(f"PVEZFSHA UNKNOWN - {e}")    # a monitoring system reads 2 as CRITICAL
+            return 3
         return e.exit_code
     except KeyboardInterrupt:
         logger.error("interrupted")

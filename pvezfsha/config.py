@@ -30,6 +30,9 @@ _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 _PREFIX = re.compile(r"[A-Za-z][A-Za-z0-9-]{0,31}")
 _NODE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 # Never starting with '-': ssh would read it as an option.
+# A local user (root) or an address: never an option to sendmail, no spaces.
+_MAIL = re.compile(r"[A-Za-z0-9._+][A-Za-z0-9._+-]*(@[A-Za-z0-9.-]+)?")
+_URL = re.compile(r"https?://[^\s]+")
 _ADDRESS = re.compile(r"[A-Za-z0-9.:%\[\]][A-Za-z0-9.:%\[\]-]*")
 
 # What OpenZFS accepts as a dataset name (zfs_namecheck.c): valid_char() is
@@ -153,6 +156,19 @@ class Container:
     options: Options
 
 
+DEFAULT_METRICS = "/var/lib/prometheus/node-exporter/pvezfsha.prom"
+
+
+@dataclass(frozen=True)
+class Alerts:
+    """[alerts]: who hears of trouble (alerts.py)."""
+
+    mail_to: str = "root"           # "" sends no mail
+    webhook: str = ""               # an http(s) URL that gets a JSON POST
+    after_failures: int = 3         # consecutive failed cycles before a failure alert
+    repeat: float = 86400.0         # a lasting condition is sent again after this long
+
+
 @dataclass(frozen=True)
 class Config:
     path: str
@@ -162,6 +178,8 @@ class Config:
     addresses: dict[str, str]  # node -> address override
     ssh_user: str = "root"
     ssh_port: int = 22
+    alerts: Alerts = Alerts()
+    metrics_file: str = DEFAULT_METRICS    # "" writes none
 
     def container(self, ctid: int) -> Container | None:
         return self.containers.get(ctid)
@@ -192,7 +210,7 @@ _OPTION_KEYS = {
     "max_delay": lambda v: _positive(parse_duration(v)),
     "min_interval": lambda v: _positive(parse_duration(v)),
 }
-_DEFAULTS_KEYS = set(_OPTION_KEYS) | {"interval", "ssh_user", "ssh_port"}
+_DEFAULTS_KEYS = set(_OPTION_KEYS) | {"interval", "ssh_user", "ssh_port", "metrics_file"}
 _CONTAINER_KEYS = set(_OPTION_KEYS) | {"ctid", "datasets", "nodes"}
 
 
@@ -285,8 +303,8 @@ def parse(text: str, path: str = "<config>") -> Config:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
     for key in doc:
-        if key not in ("defaults", "container", "nodes"):
-            raise ConfigError(f"{path}: {key}: unknown section (allowed: defaults, container, nodes)")
+        if key not in ("defaults", "container", "nodes", "alerts"):
+            raise ConfigError(f"{path}: {key}: unknown section (allowed: alerts, container, defaults, nodes)")
 
     d = doc.get("defaults", {})
     if not isinstance(d, dict):
@@ -304,6 +322,11 @@ def parse(text: str, path: str = "<config>") -> Config:
         ssh_port = _int_range(d.get("ssh_port", 22), 1, 65535)
     except ValueError as e:
         raise ConfigError(f"{path}: defaults.ssh_port: {e}") from None
+
+    metrics_file = d.get("metrics_file", DEFAULT_METRICS)
+    if not isinstance(metrics_file, str) or (metrics_file and not metrics_file.startswith("/")) or "\0" in metrics_file:
+        raise ConfigError(f"{path}: defaults.metrics_file: {metrics_file!r} is not an absolute path or \"\"")
+    alerts = _alerts(doc.get("alerts", {}), path)
 
     addresses = {}
     nodes_tab = doc.get("nodes", {})
@@ -360,7 +383,22 @@ def parse(text: str, path: str = "<config>") -> Config:
                 if other != ct.ctid:
                     raise ConfigError(f"{path}: container[ctid={ct.ctid}].datasets: {ds.on(node)} on {node} "
                                       f"is already protected for container {other}")
-    return Config(path, interval, defaults, containers, addresses, ssh_user, ssh_port)
+    return Config(path, interval, defaults, containers, addresses, ssh_user, ssh_port, alerts, metrics_file)
+
+
+def _alerts(tab, path: str) -> Alerts:
+    if not isinstance(tab, dict):
+        raise ConfigError(f"{path}: alerts: must be a table")
+    _unknown(tab, {"mail_to", "webhook", "after_failures", "repeat"}, "alerts", path)
+    mail_to = tab.get("mail_to", "root")
+    if not isinstance(mail_to, str) or (mail_to and not _MAIL.fullmatch(mail_to)):
+        raise ConfigError(f"{path}: alerts.mail_to: {mail_to!r} is not a user or mail address (\"\" for none)")
+    webhook = tab.get("webhook", "")
+    if not isinstance(webhook, str) or (webhook and not _URL.fullmatch(webhook)):
+        raise ConfigError(f"{path}: alerts.webhook: {webhook!r} is not an http:// or https:// URL")
+    after = _checked(lambda: _int_range(tab.get("after_failures", 3), 1, 1000), "alerts.after_failures", path)
+    repeat = _checked(lambda: _positive(parse_duration(tab.get("repeat", "24h"))), "alerts.repeat", path)
+    return Alerts(mail_to, webhook, after, repeat)
 
 
 def _checked(fn, where: str, path: str):

@@ -94,7 +94,9 @@ class Cycle:
     outcomes: dict[str, list[Outcome]] = field(default_factory=dict)
     reached: set[str] = field(default_factory=set)                  # peers confirmed in sync
     skipped: set[str] = field(default_factory=set)                  # datasets another run held
+    errors: dict[str, dict[str, str]] = field(default_factory=dict)  # peer -> dataset -> why it failed
     primary: bool = True                                             # False: this node only fenced or waited
+    epoch: int = 0                                                   # the record's, when the cycle began
 
     def totals(self) -> tuple[int, int]:
         outs = [o for per in self.outcomes.values() for o in per]
@@ -181,11 +183,12 @@ def replicate(ctx: SyncContext, ct: Container, peers: list[str], *, epoch: int,
 
         for peer in peers:
             session = sessions.pop(peer, None)
-            rc, outs = sync_peer(ctx, ct, peer, datasets, cycle.states, epoch, session=session, pool=pool)
+            rc, outs, errors = sync_peer(ctx, ct, peer, datasets, cycle.states, epoch, session=session, pool=pool)
             if pool is not None:
                 pool.checkin(peer)
             cycle.rc |= rc
             cycle.outcomes[peer] = outs
+            cycle.errors[peer] = errors
             if rc == 0:
                 cycle.reached.add(peer)
 
@@ -372,7 +375,7 @@ def sync_container(ctx: SyncContext, ct: Container, wait: float = 0, pool=None, 
             # Fencing: another node took over; our copies must not change any more.
             fence_local(ctx, ct, local)
         logger.info(f"CT {ct.ctid}: this node ({local}) is {role.describe(local)}; nothing to do")
-        return Cycle(0, primary=False)
+        return Cycle(0, primary=False, epoch=role.epoch)
     if role.record is None and not ctx.dry_run:
         # Before the first send, which can take hours: from now on a start on
         # another node is a takeover from this one, judged by what it holds,
@@ -391,6 +394,7 @@ def sync_container(ctx: SyncContext, ct: Container, wait: float = 0, pool=None, 
         logger.info(f"CT {ct.ctid}: {name} is not promoted to epoch {role.epoch} yet (a takeover is under way "
                     f"here); not replicating it this cycle")
     cycle = replicate(ctx, ct, peers, epoch=role.epoch, wait=wait, pool=pool, what=what, exclude=promoting)
+    cycle.epoch = role.epoch
     if not ctx.dry_run and cycle.states:
         try:
             record_cycle(ctx, ct, cycle, role.epoch)

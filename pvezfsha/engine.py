@@ -22,6 +22,7 @@ from pvezfsha.config import Options
 from pvezfsha.errors import ZfsError
 from pvezfsha.log import logger
 from pvezfsha.planner import Conflict, Plan, Step, kept_for_clones, plan_prune, plan_replication
+from pvezfsha.progress import Progress, human_bytes
 from pvezfsha.state import first_time
 from pvezfsha.transport import Session
 from pvezfsha.versions import HOLD_LAST, KEYLOCATION, DatasetState, Version, cursor_name, cursor_node, step_hold
@@ -53,14 +54,6 @@ class Outcome:
         if self.pruned:
             msg += f"; pruned {self.pruned} old snapshot(s) there"
         return msg
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
 
 
 def send_flags(options: Options, source: DatasetState) -> tuple[str, ...]:
@@ -183,7 +176,13 @@ class Replicator:
             # A raw receive leaves keylocation=prompt on the standby, which no
             # takeover can answer: the receiver puts ours there instead.
             header["keylocation"] = keylocation
-        res = self.session.send_stream(header, produce, rate_limit=self.options.bandwidth_limit)
+        total = None if step.resume_token else zfs.send_space(to, frm, flags)
+        progress = Progress(src_ds, self.peer, step.describe(), total, logger.info)
+        try:
+            res = self.session.send_stream(header, produce, rate_limit=self.options.bandwidth_limit,
+                                           progress=progress)
+        finally:
+            progress.close()
         out.steps.append(step.describe())
         out.bytes += res.bytes
         out.newest = step.to.name

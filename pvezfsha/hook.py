@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 
+from pvezfsha import alerts
 from pvezfsha.cluster import Cluster
 from pvezfsha.config import Config, Container
 from pvezfsha.errors import PvezfshaError
@@ -49,10 +50,23 @@ def pre_start(cfg: Config, ct: Container, cluster: Cluster, force: bool = False)
     except PvezfshaError as e:   # Refused, or a ZFS error on the way: the start is refused either way
         logger.error(str(e))
         journal(f"REFUSED: {e}")
+        node = cluster.local_node()
+        alerts.event(cfg, alerts.Alert(
+            f"refused/{ct.ctid}/{node}", ct.ctid, "critical", f"CT {ct.ctid}: start on {node} refused",
+            f"pvezfsha refused to take CT {ct.ctid} over on {node}: {e}\n"
+            f"The container does not run there; its data was not changed. HA may try another node.\n"
+            f"Look further: pvezfsha status {ct.ctid}, and the task log of the start"), node)
         return 1
     for line in rep.lines():
         print(line, flush=True)
         journal(line)
+    if rep.stale:
+        alerts.event(cfg, alerts.Alert(
+            f"stale/{ct.ctid}/{rep.node}/{rep.epoch}", ct.ctid, "critical",
+            f"CT {ct.ctid}: taken over on {rep.node} with a stale replica",
+            "\n".join(rep.lines()) + f"\n{rep.stale}\nWrites after the data-loss window above are not in the "
+            f"container's data; if the old primary returns, they are kept there as diverged data.\n"
+            f"Look further: pvezfsha status {ct.ctid}"), rep.node)
     return 0
 
 

@@ -39,8 +39,10 @@ def open_session(ctx: SyncContext, ct: Container, peer: str, *, wait: bool = Tru
 
 
 def sync_peer(ctx: SyncContext, ct: Container, peer: str, datasets, states, epoch: int,
-              session: Session | None = None, pool=None) -> tuple[int, list[Outcome]]:
+              session: Session | None = None, pool=None) -> tuple[int, list[Outcome], dict[str, str]]:
     """Bring `peer` up to date, over `session` if one was opened ahead.
+    Returns the exit status, the outcomes, and the error of each dataset
+    that failed (by local name).
 
     With a `pool` of warm sessions (sessions.py) the session comes from it
     and outlives the cycle: it is released, not closed, so the peer lets go
@@ -58,7 +60,7 @@ def sync_peer(ctx: SyncContext, ct: Container, peer: str, datasets, states, epoc
     if not todo:
         if session is not None and not keep_open:
             session.close()
-        return 0, []
+        return 0, [], {}
 
     try:
         if session is None:
@@ -68,8 +70,8 @@ def sync_peer(ctx: SyncContext, ct: Container, peer: str, datasets, states, epoc
     except PvezfshaError as e:
         address = ctx.cluster.address(peer, ctx.cfg.addresses)
         logger.error(f"CT {ct.ctid}: cannot reach {peer} ({address}): {e}")
-        return 1, []
-    rc, outs = 0, []
+        return 1, [], {name: f"cannot reach {peer} ({address}): {e}" for name, _ in todo}
+    rc, outs, errors = 0, [], {}
     with (_released(session) if keep_open else session):
         rep = Replicator(session, peer, opts, ctid=ct.ctid, epoch=epoch)
         for name, remote in todo:
@@ -89,9 +91,13 @@ def sync_peer(ctx: SyncContext, ct: Container, peer: str, datasets, states, epoc
             except PvezfshaError as e:
                 logger.error(f"CT {ct.ctid}: {name} -> {peer}: {e}")
                 rc = 1
+                errors[name] = str(e)
                 if session.proc.poll() is not None:
-                    break   # the session is gone; the other datasets wait for the next cycle
-    return rc, outs
+                    # The session is gone; the other datasets wait for the next cycle.
+                    for later, _ in todo[todo.index((name, remote)) + 1:]:
+                        errors[later] = f"not sent: the session to {peer} ended ({e})"
+                    break
+    return rc, outs, errors
 
 
 @contextmanager

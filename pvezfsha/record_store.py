@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from pvezfsha.errors import PvezfshaError
+from pvezfsha.health import Health
 from pvezfsha.record import Record
 
 LOCK_LIFETIME = 120   # pmxcfs expires a lock directory after this long
@@ -51,12 +52,14 @@ class RecordStore:
             raise RecordError(f"{self.path(ctid)} is damaged ({e}); fix or remove it by hand") from None
 
     def write(self, record: Record) -> None:
-        path = self.path(record.ctid)
+        self._replace(self.path(record.ctid), record.to_json())
+
+    def _replace(self, path: Path, text: str) -> None:
         tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
         try:
-            self.dir.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(parents=True, exist_ok=True)
             with open(tmp, "w", encoding="utf-8") as f:
-                f.write(record.to_json())
+                f.write(text)
             os.rename(tmp, path)
         except OSError as e:
             try:
@@ -65,6 +68,21 @@ class RecordStore:
                 pass
             hint = " (no quorum?)" if e.errno in (13, 30) else ""
             raise RecordError(f"cannot write {path}: {e.strerror}{hint}") from None
+
+    # -- health (health.py): one file per node, written only by that node ----------
+
+    def health_path(self, ctid: int, node: str) -> Path:
+        return self.dir / "health" / f"{ctid}.{node}.json"
+
+    def read_health(self, ctid: int, node: str) -> Health | None:
+        """None when missing or unreadable: health is for display only."""
+        try:
+            return Health.from_json(self.health_path(ctid, node).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError, TypeError, RecursionError):
+            return None
+
+    def write_health(self, health: Health) -> None:
+        self._replace(self.health_path(health.ctid, health.node), health.to_json())
 
     @contextmanager
     def locked(self, ctid: int, timeout: float = 15.0):

@@ -19,6 +19,11 @@ def run_dir() -> Path:
     return Path(os.environ.get("PVEZFSHA_RUN_DIR", "/run/pvezfsha"))
 
 
+def state_dir() -> Path:
+    """What must outlive a reboot (alerts already sent); /run is for the rest."""
+    return Path(os.environ.get("PVEZFSHA_STATE_DIR", "/var/lib/pvezfsha"))
+
+
 def _lock_path(dataset: str) -> Path:
     # '%' cannot occur in a dataset name, so the mapping is one-to-one.
     return run_dir() / "locks" / (dataset.replace("/", "%") + ".lock")

@@ -1,94 +1,210 @@
-"""`pvezfsha status`: what this node knows, without contacting any peer.
+"""`pvezfsha status`: whether each container's data is safe, at a glance.
 
-On the primary, each standby's newest common snapshot is read from its
-cursor bookmark, which only moves after the standby confirmed a receive; so
-status is local, instant, and works while a standby is down. On a standby
-the local replica's newest snapshot is shown.
+Every fact comes from this node or from pmxcfs, never from ssh, so status
+answers in well under a second and works while a peer is down:
+- the record (record.py): the primary, the epoch, and each standby's newest
+  common snapshot and when it last held everything, which is the lag;
+- the health files (health.py): how the primary's cycles are going, and the
+  diverged copies each node keeps;
+- this node: its datasets (one channel program each, never per snapshot),
+  the copies kept here, and a transfer running here (progress.py).
+
+`judge` turns those facts into one state per dataset and standby; it is
+pure, and the metrics and the alerts use it too.
 """
 
 from __future__ import annotations
 
 import json
 import shlex
+import sys
 import time
+from dataclasses import dataclass
 
-from pvezfsha import zfs
+from pvezfsha import progress, zfs
 from pvezfsha.cluster import Cluster
 from pvezfsha.config import Config
 from pvezfsha.divergence import KEPT_PROP
+from pvezfsha.health import Health, Link
+from pvezfsha.record import Replica
 from pvezfsha.record_store import RecordError, RecordStore
 from pvezfsha.role import role_of
 from pvezfsha.takeover import fmt_age
-from pvezfsha.versions import cursor_guid
+
+SCHEMA = "pvezfsha-status/1"
+STATES = ("ok", "transferring", "lagging", "diverged", "error", "unknown")
+OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 
 
 def age(seconds: float | None) -> str:
     return "-" if seconds is None else fmt_age(max(0.0, seconds))
 
 
-def collect(cfg: Config, ctids: list[int], cluster: Cluster) -> list[dict]:
+@dataclass(frozen=True)
+class Verdict:
+    state: str          # ok, transferring, lagging, diverged, error, unknown
+    severity: int       # Nagios: OK, WARNING, CRITICAL, UNKNOWN
+    detail: str
+
+
+def judge(now: float, max_staleness: float, after_failures: int, replica: Replica | None,
+          link: Link | None, kept: dict[str, str], transfer: dict | None) -> Verdict:
+    """One standby's state for one dataset.
+
+    The lag is what a failover to it now would lose at most: the time since
+    it last held everything the primary had (`in_sync_at`), or since its
+    newest common snapshot was taken when it never did. A failed cycle
+    comes first (nothing else moves while it fails), then kept diverged
+    copies (safe, but waiting for the admin), then a running transfer.
+    """
+    lag = None
+    if replica is not None:
+        lag = max(0.0, now - (replica.in_sync_at or replica.created))
+    stale = lag is not None and lag > max_staleness
+    if link is not None and link.failures:
+        sev = CRITICAL if link.failures >= after_failures or stale else WARNING
+        return Verdict("error", sev, f"{link.failures} failed cycle(s), the last {age(now - link.error_at)} ago: "
+                                     f"{link.error}")
+    if kept:
+        return Verdict("diverged", WARNING, f"{len(kept)} diverged copy(ies) kept there: {', '.join(sorted(kept))}")
+    if transfer is not None:
+        return Verdict("transferring", WARNING if stale or replica is None else OK,
+                       f"{transfer.get('step', 'stream')}: "
+                       + progress.describe(int(transfer.get("bytes", 0)), transfer.get("estimate"),
+                                           float(transfer.get("updated", now)) - float(transfer.get("started", now))))
+    if replica is None:
+        if link is not None:
+            return Verdict("lagging", CRITICAL, "holds no common snapshot yet")
+        return Verdict("unknown", UNKNOWN, "no cycle has recorded what it holds")
+    if stale:
+        return Verdict("lagging", CRITICAL, f"last held everything {age(lag)} ago, "
+                                            f"past max_staleness ({age(max_staleness)})")
+    return Verdict("ok", OK, "")
+
+
+def collect(cfg: Config, ctids: list[int], cluster: Cluster, now: float | None = None) -> dict:
+    """The status document (schema `SCHEMA`, packaging/status.schema.json)."""
     local = cluster.local_node()
-    now = time.time()
-    rows = []
+    now = time.time() if now is None else now
     store = RecordStore(cluster.root)
+    out = {"schema": SCHEMA, "node": local, "time": now, "containers": []}
     for ct in cfg.select(ctids):
+        c = {"ctid": ct.ctid, "primary": None, "epoch": 0, "role": "?", "error": None, "datasets": []}
+        out["containers"].append(c)
         try:
             role = role_of(cluster, store, ct.ctid)
         except RecordError as e:
-            rows.append({"ctid": ct.ctid, "dataset": "-", "node": local, "primary": None, "role": "?",
-                         "standbys": [], "error": str(e)})
+            c["error"] = str(e)
             continue
-        primary = role.primary
-        prefix = ct.options.snapshot_prefix
+        c.update(primary=role.primary, epoch=role.epoch, role=role.describe(local))
+        rec = role.record
+        healths: dict[str, Health | None] = {n: store.read_health(ct.ctid, n) for n in ct.nodes}
+        ph = healths.get(role.primary) if role.primary else None
+        if ph is not None and (ph.epoch != role.epoch or not ph.primary):
+            ph = None                       # an older primary's facts
         for ds in ct.datasets:
             name = ds.on(local)
-            row = {"ctid": ct.ctid, "dataset": name, "node": local, "primary": primary, "epoch": role.epoch,
-                   "owner": role.owner, "role": role.describe(local), "standbys": [],
-                   "diverged": kept_for(name)}
+            d = {"dataset": ds.name, "local": name, "exists": None, "readonly": None, "resumable": None,
+                 "newest": None, "kept": kept_for(name), "error": None, "standbys": []}
+            c["datasets"].append(d)
             try:
-                st = zfs.read_state(name)
+                q = zfs.quick_state(name)
+                d.update(exists=q.exists, readonly=q.readonly if q.exists else None,
+                         resumable=q.resumable if q.exists else None)
             except Exception as e:  # one broken dataset must not hide the others
-                row["error"] = str(e)
-                rows.append(row)
-                continue
-            if not st.exists:
-                row["error"] = "dataset does not exist on this node"
-                rows.append(row)
-                continue
-            newest = st.newest
-            row["newest"] = newest.name if newest else None
-            row["newest_age"] = now - newest.creation if newest else None
-            row["readonly"] = st.readonly
-            row["mounted"] = st.mounted
-            row["resumable"] = st.resume is not None
-            if primary == local:
-                by_guid = st.by_guid()
-                for peer in (n for n in ct.nodes if n != local):
-                    g = cursor_guid(st, prefix, peer)
-                    v = by_guid.get(g) if g is not None else None
-                    row["standbys"].append({"node": peer, "common": v.name if v else None,
-                                            "common_age": now - v.creation if v else None,
-                                            "behind": newest is not None and (v is None or v.guid != newest.guid)})
-            rows.append(row)
-    return rows
+                d["error"] = str(e)
+            newest = rec.replicas.get(role.primary or "", {}).get(ds.name) if rec else None
+            if newest is not None:
+                d["newest"] = {"snapshot": newest.snapshot, "guid": f"{newest.guid:016x}", "created": newest.created}
+            for peer in (n for n in ct.nodes if n != role.primary):
+                rep = rec.replicas.get(peer, {}).get(ds.name) if rec else None
+                link = ph.links.get(peer, {}).get(ds.name) if ph else None
+                kept = (d["kept"] if peer == local else
+                        {k: v for k, v in (healths[peer].kept if healths.get(peer) else {}).items()
+                         if k.startswith(ds.on(peer) + "-")})
+                transfer = progress.live(name, peer, now) if role.primary == local else None
+                v = judge(now, ct.options.max_staleness, cfg.alerts.after_failures, rep, link, kept, transfer)
+                d["standbys"].append({
+                    "node": peer, "state": v.state, "severity": v.severity, "detail": v.detail,
+                    "common": rep.snapshot if rep else None, "common_guid": f"{rep.guid:016x}" if rep else None,
+                    "lag_seconds": max(0.0, now - (rep.in_sync_at or rep.created)) if rep else None,
+                    "last_ok": link.ok_at or None if link else None,
+                    "failures": link.failures if link else 0,
+                    "last_error": link.error or None if link else None,
+                    "last_error_at": link.error_at or None if link else None,
+                    "last_transfer_bytes": link.bytes if link else 0,
+                    "last_transfer_seconds": link.seconds if link else 0.0,
+                    "sent_bytes_total": link.bytes_total if link else 0,
+                    "transfer": transfer})
+    return out
 
 
-def render(rows: list[dict]) -> str:
+def severity(doc: dict) -> int:
+    """The worst of all states; a container whose record is unreadable is UNKNOWN."""
+    worst = OK
+    for c in doc["containers"]:
+        sevs = [UNKNOWN] if c["error"] else []
+        sevs += [s["severity"] for d in c["datasets"] for s in d["standbys"]]
+        sevs += [CRITICAL for d in c["datasets"] if d["error"] or d["exists"] is False and c["primary"] == doc["node"]]
+        for sev in sevs:
+            # Nagios orders UNKNOWN below CRITICAL.
+            if (sev == CRITICAL) or (sev == UNKNOWN and worst != CRITICAL) or (sev == WARNING and worst == OK):
+                worst = sev
+    return worst
+
+
+def check_line(doc: dict) -> str:
+    """One line for Icinga/Zabbix/Checkmk: the worst states first."""
+    names = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"}
+    sev = severity(doc)
+    bad = []
+    for c in doc["containers"]:
+        if c["error"]:
+            bad.append(f"CT {c['ctid']}: {c['error']}")
+        for d in c["datasets"]:
+            if d["error"]:
+                bad.append(f"CT {c['ctid']} {d['local']}: {d['error']}")
+            for s in d["standbys"]:
+                if s["severity"] != OK:
+                    bad.append(f"CT {c['ctid']} {d['dataset']} -> {s['node']}: {s['state']}"
+                               + (f" ({s['detail']})" if s["detail"] else ""))
+    n = sum(len(d["standbys"]) for c in doc["containers"] for d in c["datasets"])
+    return f"PVEZFSHA {names[sev]} - " + ("; ".join(bad) if bad else f"{n} replica(s) ok")
+
+
+_COLOURS = {"ok": "32", "transferring": "36", "lagging": "33", "diverged": "35", "error": "31", "unknown": "33"}
+
+
+def render(doc: dict, colour: bool = False) -> str:
+    def paint(state: str) -> str:
+        text = f"{state:<12}"
+        return f"\033[{_COLOURS.get(state, '0')}m{text}\033[0m" if colour else text
+
+    now = doc["time"]
     out = []
-    for r in rows:
-        head = (f"CT {r['ctid']}  {r['dataset']}  primary={r['primary'] or '?'}"
-                + (f" (epoch {r['epoch']})" if r.get("epoch") else "") + f"  this node={r['node']}: {r['role']}")
-        out.append(head)
-        if "error" in r:
-            out.append(f"    error: {r['error']}")
+    for c in doc["containers"]:
+        out.append(f"CT {c['ctid']}  primary {c['primary'] or '?'}"
+                   + (f" (epoch {c['epoch']})" if c["epoch"] else "") + f"  this node {doc['node']}: {c['role']}")
+        if c["error"]:
+            out.append(f"  error: {c['error']}")
             continue
-        out.append(f"    newest snapshot: @{r['newest'] or '-'} (age {age(r['newest_age'])})"
-                   + ("  [partial receive pending]" if r["resumable"] else ""))
-        for s in r["standbys"]:
-            state = "behind" if s["behind"] else "in sync"
-            out.append(f"    standby {s['node']}: common @{s['common'] or '-'} (age {age(s['common_age'])}) {state}")
-        for kept, info in r.get("diverged", {}).items():
-            out.append(f"    DIVERGED data kept as {kept} ({info}); see `pvezfsha diverged {r['ctid']}`")
+        out.append(f"  {'DATASET':<24} {'STANDBY':<10} {'STATE':<12} {'LAG':>8}  {'LAST OK':>8}  {'FAIL':>4}  COMMON")
+        for d in c["datasets"]:
+            if d["error"]:
+                out.append(f"  {d['local']:<24} error: {d['error']}")
+            elif d["exists"] is False:
+                out.append(f"  {d['local']:<24} does not exist on this node")
+            for s in d["standbys"]:
+                last_ok = age(now - s["last_ok"]) if s["last_ok"] else "-"
+                out.append(f"  {d['dataset']:<24} {s['node']:<10} {paint(s['state'])} {age(s['lag_seconds']):>8}  "
+                           f"{last_ok:>8}  {s['failures']:>4}  @{s['common'] or '-'}")
+                if s["detail"]:
+                    out.append(f"      {s['detail']}")
+            if d["resumable"]:
+                out.append(f"      {d['local']}: a partial receive waits here (it resumes with the next cycle)")
+            for kept, info in d["kept"].items():
+                out.append(f"      DIVERGED data kept as {kept} on this node ({info}); "
+                           f"see `pvezfsha diverged {c['ctid']}`")
     return "\n".join(out)
 
 
@@ -126,7 +242,11 @@ def diverged(cfg: Config, ctids: list[int], cluster: Cluster | None = None) -> i
     return 0
 
 
-def run(cfg: Config, ctids: list[int], as_json: bool = False, cluster: Cluster | None = None) -> int:
-    rows = collect(cfg, ctids, cluster or Cluster())
-    print(json.dumps(rows, indent=2) if as_json else render(rows))
-    return 1 if any("error" in r for r in rows) else 0
+def run(cfg: Config, ctids: list[int], as_json: bool = False, check: bool = False,
+        cluster: Cluster | None = None, now: float | None = None) -> int:
+    doc = collect(cfg, ctids, cluster or Cluster(), now)
+    if check:
+        print(check_line(doc))
+        return severity(doc)
+    print(json.dumps(doc, indent=2) if as_json else render(doc, colour=sys.stdout.isatty()))
+    return 0 if severity(doc) in (OK, WARNING) else 1

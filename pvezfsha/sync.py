@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 
-from pvezfsha import replica
+from pvezfsha import observe, replica
 from pvezfsha.cluster import Cluster
 from pvezfsha.config import Config
 from pvezfsha.cycle import SyncContext, replicate, sync_container
@@ -53,7 +53,9 @@ def run(cfg: Config, ctids: list[int], dry_run: bool = False, cluster: Cluster |
         now = time.time()
         if if_due and not due(ct.ctid, cfg.interval, now):
             continue
-        rc |= sync_container(ctx, ct, wait=wait).rc
+        cycle = sync_container(ctx, ct, wait=wait)
+        observe.after_cycle(ctx, ct, cycle)
+        rc |= cycle.rc
         if not dry_run:
             mark_cycle(ct.ctid, now)
     return rc

@@ -49,6 +49,7 @@ class Report:
     epoch: int = 0
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    stale: str = ""         # why a replica past max_staleness was accepted (on_stale = "warn", --force)
 
     def lines(self) -> list[str]:
         what = self.case.value
@@ -210,6 +211,7 @@ class Takeover:
                 raise Refused(f"CT {ct.ctid} on {self.node}: {verdict.message}")
             if verdict.warning:
                 logger.warning(f"CT {ct.ctid}: {verdict.message}")
+                rep.stale = verdict.message
             rep.notes.append(verdict.message)
 
         # Again after the pull, which may have brought a new wrapping key

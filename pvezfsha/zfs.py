@@ -355,6 +355,16 @@ def send(snap: str, from_: str | None, fd: int, flags: tuple[str, ...]) -> None:
     _call(f"send {snap}", lzc.lzc_send, _b(snap), _b(from_) if from_ else None, fd, list(flags))
 
 
+def send_space(snap: str, from_: str | None, flags: tuple[str, ...]) -> int | None:
+    """lzc_send_space's estimate of the stream's size, None when it has none
+    (progress is a courtesy: an estimate that fails must not fail the send)."""
+    _need_lzc()
+    try:
+        return int(lzc.lzc_send_space(_b(snap), _b(from_) if from_ else None, list(flags)))
+    except Exception:
+        return None
+
+
 def send_resume(snap: str, from_: str | None, fd: int, token: ResumeToken) -> None:
     _call(f"resume send {snap}", lzc.lzc_send_resume, _b(snap), _b(from_) if from_ else None, fd,
           list(token.flags), resumeobj=token.obj, resumeoff=token.offset)

@@ -89,7 +89,7 @@ def test_an_explicit_python_without_pytest_is_told_and_nothing_is_installed(tmp_
     p = subprocess.run([str(ROOT / "tests/lab/host-deps.sh"), str(fake), "fast"], capture_output=True, text=True,
                        timeout=60)
     assert p.returncode == 1
-    assert f"host-deps: {fake} cannot import pytest and loguru" in p.stderr
+    assert f"host-deps: {fake} cannot import pytest, loguru, jsonschema and prometheus_client" in p.stderr
     assert "installing" not in p.stderr
 
 

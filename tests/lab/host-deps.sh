@@ -22,7 +22,9 @@ missing=""
 if [ "$python" = /usr/bin/python3 ]; then
   # The fast tier and the host-driven lab scripts import pytest and loguru
   # (the rest is the standard library; proxmoxer and libzfs_core are faked).
-  for pkg in python3 python3-pytest python3-loguru; do
+  # The status tests check the JSON schema and parse the metrics file as
+  # Prometheus would: python3-jsonschema, python3-prometheus-client.
+  for pkg in python3 python3-pytest python3-loguru python3-jsonschema python3-prometheus-client; do
     installed "$pkg" || missing="$missing $pkg"
   done
 fi
@@ -46,8 +48,9 @@ if [ -n "$missing" ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends $missing ca-certificates debian-archive-keyring >/dev/null
 fi
-"$python" -c 'import pytest, loguru' 2>/dev/null || {
-  echo "host-deps: $python cannot import pytest and loguru; install them into that interpreter" \
-       "yourself, or leave PYTHON unset to use /usr/bin/python3 with Debian's python3-pytest python3-loguru" >&2
+"$python" -c 'import pytest, loguru, jsonschema, prometheus_client' 2>/dev/null || {
+  echo "host-deps: $python cannot import pytest, loguru, jsonschema and prometheus_client; install them into" \
+       "that interpreter yourself, or leave PYTHON unset to use /usr/bin/python3 with Debian's python3-pytest" \
+       "python3-loguru python3-jsonschema python3-prometheus-client" >&2
   exit 1
 }

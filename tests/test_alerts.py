@@ -1,0 +1,137 @@
+"""alerts.py: once when it starts, again after `repeat`, a recovery notice
+when it clears; events once per hour; delivered by sendmail or a webhook."""
+import http.server
+import json
+import threading
+
+import pytest
+
+from pvezfsha import alerts, config
+from pvezfsha.alerts import Alert, budget, conditions, event_step, step
+
+DAY = 86400.0
+A = Alert("failing/103/tank/a/pve2", 103, "critical", "CT 103: failing", "body")
+B = Alert("lagging/104/tank/b/pve2", 104, "critical", "CT 104: lagging", "body")
+
+
+def test_a_new_condition_fires_once_and_not_again_before_repeat():
+    sent, mem = step({}, [A], {103}, 0.0, DAY)
+    assert sent == [("firing", A)]
+    for t in (60.0, 3600.0, DAY - 1):
+        sent, mem = step(mem, [A], {103}, t, DAY)
+        assert sent == []
+
+
+def test_a_lasting_condition_is_sent_again_after_repeat():
+    _, mem = step({}, [A], {103}, 0.0, DAY)
+    sent, mem = step(mem, [A], {103}, DAY, DAY)
+    assert sent == [("repeat", A)]
+    assert step(mem, [A], {103}, DAY + 60, DAY)[0] == []
+
+
+def test_a_cleared_condition_sends_one_recovery_notice():
+    _, mem = step({}, [A], {103}, 0.0, DAY)
+    sent, mem = step(mem, [], {103}, 600.0, DAY)
+    assert sent == [("resolved", A)]
+    assert step(mem, [], {103}, 1200.0, DAY)[0] == []
+
+
+def test_a_cycle_of_one_container_does_not_resolve_anothers():
+    _, mem = step({}, [A, B], {103, 104}, 0.0, DAY)
+    sent, mem = step(mem, [A], {103}, 60.0, DAY)
+    assert sent == [] and B.key in mem
+
+
+def test_an_event_is_sent_once_an_hour_however_often_ha_retries():
+    ok, mem = event_step({}, A, 0.0)
+    assert ok
+    for t in (10.0, 600.0, 3599.0):
+        ok, mem = event_step(mem, A, t)
+        assert not ok
+    assert event_step(mem, A, 3600.0)[0]
+
+
+def test_events_are_never_resolved_by_a_cycle():
+    _, mem = event_step({}, A, 0.0)
+    assert step(mem, [], {103}, 60.0, DAY)[0] == []
+
+
+def test_a_node_sends_at_most_twenty_messages_an_hour():
+    log = []
+    allowed = 0
+    for i in range(30):
+        ok, log = budget(log, float(i))
+        allowed += ok
+    assert allowed == alerts.MAX_PER_HOUR
+    assert budget(log, 3600.0 + 20)[0]
+
+
+def status_doc(state="error", severity=2, primary="pve1", kept=None):
+    return {"node": "pve1", "time": 0.0, "containers": [
+        {"ctid": 103, "primary": primary, "error": None, "datasets": [
+            {"dataset": "tank/a", "local": "tank/a", "kept": kept or {}, "standbys": [
+                {"node": "pve2", "state": state, "severity": severity, "detail": "last held everything 2h ago",
+                 "failures": 3, "last_error": "cannot reach pve2", "common": "s1"}]}]}]}
+
+
+def test_conditions_are_the_primarys_failing_and_lagging_standbys_and_this_nodes_kept_copies():
+    assert [a.key for a in conditions(status_doc())] == ["failing/103/tank/a/pve2"]
+    assert [a.key for a in conditions(status_doc("error", 1))] == []          # not yet after_failures
+    assert [a.key for a in conditions(status_doc("lagging"))] == ["lagging/103/tank/a/pve2"]
+    assert conditions(status_doc(primary="pve2")) == []                      # pve2 reports its standbys
+    kept = conditions(status_doc("ok", 0, primary="pve2", kept={"tank/a-pvezfsha-diverged-1": "x"}))
+    assert [a.key for a in kept] == ["diverged/103/tank/a-pvezfsha-diverged-1"]
+    a = conditions(status_doc())[0]
+    assert "cannot reach pve2" in a.body and "pvezfsha status 103" in a.body and "lose" in a.body
+
+
+# -- delivery --------------------------------------------------------------------
+
+@pytest.fixture
+def sinks(tmp_path, monkeypatch):
+    got = []
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            got.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.HTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    mailbox = tmp_path / "mail"
+    sendmail = tmp_path / "sendmail"
+    sendmail.write_text(f"#!/bin/sh\necho \"ARGS: $*\" >> {mailbox}\ncat >> {mailbox}\n")
+    sendmail.chmod(0o755)
+    monkeypatch.setattr(alerts, "SENDMAIL", str(sendmail))
+    monkeypatch.setenv("PVEZFSHA_STATE_DIR", str(tmp_path / "state"))
+    cfg = config.parse(f'[alerts]\nwebhook = "http://127.0.0.1:{srv.server_port}/hook"\n', "t.toml")
+    yield cfg, got, mailbox
+    srv.shutdown()
+
+
+def test_review_mails_root_and_posts_the_webhook_once_then_the_recovery(sinks):
+    cfg, got, mailbox = sinks
+    alerts.review(cfg, status_doc(), now=0.0)
+    alerts.review(cfg, status_doc(), now=60.0)
+    mail = mailbox.read_text()
+    assert mail.count("ARGS: -oi -- root") == 1 and "Subject: [pvezfsha pve1] CT 103: replication of" in mail
+    assert [(g["kind"], g["severity"]) for g in got] == [("firing", "critical")]
+    alerts.review(cfg, status_doc("ok", 0), now=120.0)
+    assert [(g["kind"], g["severity"]) for g in got] == [("firing", "critical"), ("resolved", "ok")]
+    assert "RESOLVED" in mailbox.read_text()
+
+
+def test_a_dead_webhook_or_no_mail_system_is_a_journal_line_not_a_failure(sinks, monkeypatch):
+    cfg, _, _ = sinks
+    monkeypatch.setattr(alerts, "SENDMAIL", "/nonexistent/sendmail")
+    cfg = config.parse('[alerts]\nwebhook = "http://127.0.0.1:9/hook"\n', "t.toml")
+    alerts.review(cfg, status_doc(), now=0.0)     # no exception
+
+
+def test_a_hostile_mail_to_is_refused_by_the_config():
+    with pytest.raises(Exception, match="mail_to"):
+        config.parse('[alerts]\nmail_to = "-C/tmp/evil root"\n', "t.toml")

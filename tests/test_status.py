@@ -1,0 +1,149 @@
+"""status.py: one state per dataset and standby, from the record, the health
+files and this node, never from ssh."""
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from pvezfsha import config, status, zfs
+from pvezfsha.cluster import Cluster
+from pvezfsha.health import Link, Result, advance
+from pvezfsha.record import Record, Replica
+from pvezfsha.record_store import RecordStore
+from pvezfsha.status import CRITICAL, OK, UNKNOWN, WARNING, judge
+from tests.fakenodes import pve_tree
+
+SCHEMA = json.loads((Path(__file__).resolve().parents[1] / "packaging/status.schema.json").read_text())
+NOW = 1_800_000_000.0
+REP = Replica(guid=0xABC, snapshot="pvezfsha_x", created=NOW - 900, in_sync_at=NOW - 60)
+
+
+def test_a_standby_that_held_everything_a_minute_ago_is_ok():
+    assert judge(NOW, 1800, 3, REP, Link(ok_at=NOW - 60), {}, None).state == "ok"
+
+
+def test_past_max_staleness_is_lagging_and_critical():
+    v = judge(NOW, 30, 3, REP, Link(ok_at=NOW - 60), {}, None)
+    assert (v.state, v.severity) == ("lagging", CRITICAL) and "past max_staleness" in v.detail
+
+
+def test_lag_counts_from_the_snapshot_when_the_standby_never_held_everything():
+    rep = Replica(guid=1, snapshot="s", created=NOW - 4000, in_sync_at=0)
+    assert judge(NOW, 1800, 3, rep, None, {}, None).state == "lagging"
+
+
+def test_a_failed_cycle_is_an_error_a_warning_until_after_failures():
+    one = judge(NOW, 1800, 3, REP, Link(failures=1, error="cannot reach pve2", error_at=NOW - 5), {}, None)
+    three = judge(NOW, 1800, 3, REP, Link(failures=3, error="cannot reach pve2", error_at=NOW - 5), {}, None)
+    assert (one.state, one.severity, three.severity) == ("error", WARNING, CRITICAL)
+    assert "cannot reach pve2" in one.detail
+
+
+def test_kept_copies_are_diverged():
+    v = judge(NOW, 1800, 3, REP, Link(ok_at=NOW), {"tank/a-pvezfsha-diverged-1": "x"}, None)
+    assert (v.state, v.severity) == ("diverged", WARNING)
+
+
+def test_a_running_first_transfer_is_transferring_with_its_progress():
+    t = {"step": "full @s", "bytes": 1 << 30, "estimate": 4 << 30, "started": NOW - 100, "updated": NOW}
+    v = judge(NOW, 1800, 3, None, None, {}, t)
+    assert v.state == "transferring" and "25 %" in v.detail and "ETA" in v.detail
+
+
+def test_no_facts_at_all_is_unknown():
+    assert judge(NOW, 1800, 3, None, None, {}, None).severity == UNKNOWN
+
+
+# -- the document, from files --------------------------------------------------
+
+CONF = """[[container]]
+ctid = 103
+datasets = ["tank/a", "tank/b"]
+nodes = ["pve1", "pve2", "pve3"]
+max_staleness = "30m"
+"""
+
+
+@pytest.fixture
+def node(tmp_path, monkeypatch):
+    root = pve_tree(tmp_path / "pve", nodes=("pve1", "pve2", "pve3"), local="pve1")
+    monkeypatch.setattr(zfs, "quick_state", lambda name, snaps=(): zfs.Quick(True, readonly=False))
+    monkeypatch.setattr(status, "kept_for", lambda name: {})
+    monkeypatch.setattr(status.progress, "run_dir", lambda: tmp_path / "run")
+    store = RecordStore(root)
+    rec = Record(103, "pve1", 4, replicas={
+        "pve1": {"tank/a": Replica(1, "s2", NOW - 100, NOW - 60), "tank/b": Replica(2, "t2", NOW - 100, NOW - 60)},
+        "pve2": {"tank/a": Replica(1, "s2", NOW - 100, NOW - 60), "tank/b": Replica(2, "t2", NOW - 100, NOW - 60)},
+        "pve3": {"tank/a": Replica(9, "s1", NOW - 5000, NOW - 4000)}})
+    store.write(rec)
+    store.write_health(advance(None, 103, "pve1", 4, NOW - 60, {
+        "pve2": {"tank/a": Result(True, "", 100, 1.0), "tank/b": Result(False, "cannot reach pve2")},
+        "pve3": {"tank/a": Result(True)}}, {}))
+    return config.parse(CONF, "t.toml"), Cluster(root), store
+
+
+def test_the_document_follows_its_schema_and_states(node):
+    cfg, cluster, _ = node
+    doc = status.collect(cfg, [], cluster, now=NOW)
+    jsonschema.validate(doc, SCHEMA)
+    states = {(d["dataset"], s["node"]): s["state"] for d in doc["containers"][0]["datasets"] for s in d["standbys"]}
+    assert states == {("tank/a", "pve2"): "ok", ("tank/b", "pve2"): "error",
+                      ("tank/a", "pve3"): "lagging", ("tank/b", "pve3"): "unknown"}
+    a2 = doc["containers"][0]["datasets"][0]["standbys"][0]
+    assert (a2["lag_seconds"], a2["common"], a2["last_transfer_bytes"]) == (60.0, "s2", 100)
+
+
+def test_check_is_one_line_with_the_worst_exit_code(node, capsys):
+    cfg, cluster, _ = node
+    assert status.run(cfg, [], check=True, cluster=cluster, now=NOW) == CRITICAL
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and out.startswith("PVEZFSHA CRITICAL - ") and "tank/a -> pve3: lagging" in out
+
+
+def test_check_is_ok_when_every_replica_is(node, capsys):
+    cfg, cluster, store = node
+    doc = status.collect(config.parse(CONF.replace('"tank/a", "tank/b"', '"tank/a"')
+                                      .replace(', "pve3"', ""), "t.toml"), [], cluster, now=NOW)
+    assert status.severity(doc) == OK and status.check_line(doc) == "PVEZFSHA OK - 1 replica(s) ok"
+
+
+def test_an_unreadable_record_is_unknown_not_a_crash(node):
+    cfg, cluster, store = node
+    store.path(103).write_text("{")
+    doc = status.collect(cfg, [], cluster, now=NOW)
+    jsonschema.validate(doc, SCHEMA)
+    assert status.severity(doc) == UNKNOWN and "damaged" in doc["containers"][0]["error"]
+
+
+def test_a_damaged_health_file_costs_the_facts_not_the_status(node):
+    cfg, cluster, store = node
+    store.health_path(103, "pve1").write_text("not json")
+    doc = status.collect(cfg, [], cluster, now=NOW)
+    assert doc["containers"][0]["datasets"][1]["standbys"][0]["state"] == "ok"   # the record alone
+
+
+def test_an_older_primarys_health_is_not_shown_as_this_ones(node):
+    cfg, cluster, store = node
+    rec = store.read(103)
+    rec.epoch = 5
+    store.write(rec)
+    doc = status.collect(cfg, [], cluster, now=NOW)
+    assert doc["containers"][0]["datasets"][1]["standbys"][0]["failures"] == 0
+
+
+def test_the_table_names_each_standby_and_colours_only_when_asked(node):
+    cfg, cluster, _ = node
+    doc = status.collect(cfg, [], cluster, now=NOW)
+    plain = status.render(doc)
+    assert "\033[" not in plain and "cannot reach pve2" in plain and "lagging" in plain
+    assert "\033[31merror" in status.render(doc, colour=True)
+
+
+def test_kept_copies_on_another_node_come_from_its_health_file(node):
+    cfg, cluster, store = node
+    from pvezfsha.health import standby
+    store.write_health(standby(None, 103, "pve3", 4, NOW, {"tank/a-pvezfsha-diverged-x": "its writes"}))
+    doc = status.collect(cfg, [], cluster, now=NOW)
+    pve3 = {d["dataset"]: d["standbys"][1] for d in doc["containers"][0]["datasets"]}
+    assert pve3["tank/a"]["state"] == "diverged" and pve3["tank/b"]["state"] == "unknown"
