@@ -182,12 +182,17 @@ class Group:
         return json.loads(out) if out else None
 
     def pmxcfs_sync(self, source: str) -> None:
-        """Copy the record `source` wrote to every other node that is up."""
+        """Copy the record and the health file `source` wrote to every other node that is up."""
         rec = sh(source, ["cat", self.record_path], check=False).stdout
-        if not rec:
-            return
+        health = sh(source, ["cat", self.health_path(source)], check=False).stdout
         for node in self.up - {source}:
-            sh(node, f"mkdir -p {PVE}/priv/pvezfsha && cat > {self.record_path}", input=rec)
+            if rec:
+                sh(node, f"mkdir -p {PVE}/priv/pvezfsha && cat > {self.record_path}", input=rec)
+            if health:
+                sh(node, f"mkdir -p {PVE}/priv/pvezfsha/health && cat > {self.health_path(source)}", input=health)
+
+    def health_path(self, node: str) -> str:
+        return f"{PVE}/priv/pvezfsha/health/{self.ctid}.{node}.json"
 
     def quorate(self, node: str, yes: bool) -> None:
         sh(node, ["chmod", "0755" if yes else "0555", f"{PVE}/local"])
@@ -267,7 +272,7 @@ class Group:
             doomed = [d for d in out.splitlines() if any(belongs(d, mine) for mine in self.datasets)]
             for ds in sorted(doomed, key=len, reverse=True):
                 sh(node, ["zfs", "destroy", "-R", ds], check=False)
-            sh(node, ["rm", "-f", self.record_path, self.config], check=False)
+            sh(node, ["rm", "-f", self.record_path, self.config, *map(self.health_path, self.nodes)], check=False)
             sh(node, ["chmod", "0755", f"{PVE}/local"], check=False)
 
 
