@@ -16,7 +16,7 @@ NODES   ?= 2
 VERSION := $(shell sed -n '1s/^[^(]*(\([^)]*\)).*/\1/p' packaging/debian/changelog)
 DEB     := build/pvezfsha_$(VERSION)_all.deb
 
-.PHONY: deps test test-fresh test-fast test-lab test-failover test-faults test-pkg deb lab-deb demo bench bench-agent lab-up lab-down lab-push clean
+.PHONY: deps test test-fresh test-fast test-lab test-failover test-faults test-pkg deb lab-deb demo bench bench-agent bench-status lab-up lab-down lab-push clean
 
 deps:
 	tests/lab/host-deps.sh $(PYTHON) $(TIERS)
@@ -108,6 +108,13 @@ bench: lab-deb
 
 # Continuous mode against timer mode and a bzfs tight loop (bench/bench_agent.py),
 # about 25 minutes; results, table and plot in bench/results/.
+# `pvezfsha status` at 20 datasets x 1,000 snapshots (bench/bench_status.py).
+bench-status: SHELL := /bin/bash
+bench-status: lab-deb
+	@mkdir -p $(OUT)
+	$(LAB) run pve1 python3 /opt/pvezfsha/bench/bench_status.py 2>&1 | tee $(OUT)/bench-status.log; test $${PIPESTATUS[0]} -eq 0
+	$(PYTHON) bench/bench_status.py --report $(OUT)/bench-status.log
+
 bench-agent: SHELL := /bin/bash
 bench-agent: lab-deb
 	@mkdir -p $(OUT)

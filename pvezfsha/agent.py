@@ -153,8 +153,6 @@ class Worker(threading.Thread):
                 self._safely(self.sessions.warm_up, *args)
             elif kind == "reset":
                 self._safely(self.sessions.close)
-            elif kind == "publish":
-                self._safely(observe.publish, *args)
 
     @staticmethod
     def _safely(fn, *args) -> None:
@@ -168,13 +166,38 @@ class Worker(threading.Thread):
         peers = [n for n in ct.nodes if n != ctx.cluster.local_node()]
         try:
             cycle = sync_container(ctx, ct, pool=self.sessions, what="agent")
-            observe.after_cycle(ctx, ct, cycle)
+            observe.after_cycle(ctx, ct, cycle, publish_now=False)     # the publisher thread publishes
         except Exception as e:   # a ZFS error, a bug: logged, retried, never the end of the agent
             logger.exception(f"CT {ct.ctid}: continuous cycle failed: {e}")
+            observe.after_error(ctx, ct, str(e), publish_now=False)
             return Done(ct.ctid, 1, True, 0, 0, 0, time.monotonic() - t0, peers, error=str(e))
         snaps, nbytes = cycle.totals()
         return Done(ct.ctid, cycle.rc, cycle.primary, len(cycle.skipped), snaps, nbytes,
                     time.monotonic() - t0, sorted(cycle.reached))
+
+
+class Publisher(threading.Thread):
+    """Metrics and alerts, off the cycle thread: a mail system or a webhook
+    that takes its time must not hold replication back. Requests made while
+    it works coalesce into one."""
+
+    def __init__(self):
+        super().__init__(name="publish", daemon=True)
+        self.wanted = threading.Event()
+        self.ctx: SyncContext | None = None
+
+    def request(self, ctx: SyncContext) -> None:
+        self.ctx = ctx
+        self.wanted.set()
+
+    def run(self) -> None:
+        while True:
+            self.wanted.wait()
+            self.wanted.clear()
+            try:
+                observe.publish(self.ctx)
+            except Exception as e:   # never the end of the agent
+                logger.warning(f"agent: publish: {e}")
 
 
 class Agent:
@@ -193,6 +216,7 @@ class Agent:
         self._reload = False
         self.sessions = WarmSessions(keep_warm=keep_warm)
         self.worker = Worker(self.sessions)
+        self.publisher = Publisher()
         self._quorum_warned = False
         self._watchdog: float | None = None
 
@@ -207,6 +231,7 @@ class Agent:
         pid_fd = claim_agent()
         spool = self._spool()
         self.worker.start()
+        self.publisher.start()
         # READY before the first walk: a large tree on a cold cache takes
         # long to walk, and systemd would time the start out.
         sdnotify.notify("READY=1")
@@ -235,7 +260,7 @@ class Agent:
                 self._start_due(now)
                 if now >= next_publish:
                     # The metrics and alerts between cycles: lag grows while nothing is sent.
-                    self.worker.submit(("publish", (SyncContext(self.cfg, self.cluster),)))
+                    self.publisher.request(SyncContext(self.cfg, self.cluster))
                     next_publish = now + PUBLISH_EVERY
                 if watchdog is not None and now >= next_ping:
                     sdnotify.notify("WATCHDOG=1")
@@ -483,6 +508,7 @@ class Agent:
             except queue.Empty:
                 return
             w = self.watched.get(done.ctid)
+            self.publisher.request(SyncContext(self.cfg, self.cluster))    # coalesced
             if w is not None and w.poller is not None:
                 w.poller.reset()   # the cycle's snapshot reset `written`
             what = (f"CT {done.ctid}: continuous cycle to {', '.join(done.peers) or 'no standby'}: "

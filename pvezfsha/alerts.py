@@ -16,17 +16,22 @@ MAX_PER_HOUR messages leave a node in an hour; the rest go to the journal
 only, which every alert also does.
 
 Delivery is the way PVE itself notifies: `sendmail` to root (the node's
-mail system), or a JSON POST to a webhook.
+mail system), or a JSON POST to a webhook. The hook only queues its events
+(`queue`) and starts `pvezfsha notify` detached: a start never waits for a
+mail system or a webhook.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
+import threading
 import time
-import urllib.error
+import urllib.parse
 import urllib.request
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from email.message import EmailMessage
 
@@ -126,67 +131,121 @@ def budget(log: list[float], now: float) -> tuple[bool, list[float]]:
 
 
 # -- I/O ---------------------------------------------------------------------------
+# The memory (alerts.json) is shared by the timer, the agent and `notify`:
+# every read-modify-write holds its flock. Sending never raises and never
+# takes long: a webhook gets WEBHOOK_DEADLINE in all, DNS included.
+
+WEBHOOK_DEADLINE = 15.0
 
 
-def _memory_path():
-    return state_dir() / "alerts.json"
-
-
-def _load() -> dict:
+@contextmanager
+def _memory():
+    path = state_dir() / "alerts.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(state_dir() / "alerts.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        d = json.loads(_memory_path().read_text())
-        return d if isinstance(d, dict) and isinstance(d.get("alerts"), dict) else {"alerts": {}, "sent": []}
-    except (OSError, ValueError):
-        return {"alerts": {}, "sent": []}
-
-
-def _save(d: dict) -> None:
-    path = _memory_path()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            d = json.loads(path.read_text())
+            if not (isinstance(d, dict) and isinstance(d.get("alerts"), dict) and isinstance(d.get("sent"), list)
+                    and all(isinstance(v, dict) and {"since", "sent", "alert"} <= set(v) for v in d["alerts"].values())):
+                raise ValueError("damaged")
+        except (OSError, ValueError):
+            d = {"alerts": {}, "sent": []}
+        yield d
         tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        tmp.write_text(json.dumps(d))
-        os.replace(tmp, path)
-    except OSError as e:
-        logger.warning(f"alerts: cannot save {path}: {e.strerror}; an alert may be sent twice")
+        try:
+            tmp.write_text(json.dumps(d))
+            os.replace(tmp, path)
+        except OSError as e:
+            logger.warning(f"alerts: cannot save {path}: {e.strerror}; an alert may be sent twice")
+    finally:
+        os.close(fd)
 
 
 def review(cfg, doc: dict, now: float | None = None) -> None:
-    """After a cycle: send what started, lasts or cleared for these containers."""
+    """After a cycle: send what started, lasts or cleared for these containers,
+    and the events the hook queued."""
     now = time.time() if now is None else now
-    d = _load()
     ctids = {c["ctid"] for c in doc["containers"] if not c["error"]}
-    notices, d["alerts"] = step(d["alerts"], conditions(doc), ctids, now, cfg.alerts.repeat)
-    for kind, a in notices:
-        _send(cfg, d, kind, a, doc["node"], now)
-    _save(d)
+    with _memory() as d:
+        notices, new = step(d["alerts"], conditions(doc), ctids, now, cfg.alerts.repeat)
+        for kind, a in notices:
+            if not _send(cfg, d, kind, a, doc["node"], now):
+                # Over the hourly cap: not sent, so not remembered as sent; the next review tries again.
+                if a.key in d["alerts"]:
+                    new[a.key] = d["alerts"][a.key]
+                else:
+                    new.pop(a.key, None)
+        d["alerts"] = new
+        _flush(cfg, d, doc["node"], now)
 
 
-def event(cfg, alert: Alert, node: str, now: float | None = None) -> None:
-    """A one-off happening (the hook's refusals)."""
+# -- events: the hook queues, `pvezfsha notify` or the next review sends ----------
+
+def _events_dir():
+    return state_dir() / "events"
+
+
+def queue(alert: Alert, node: str) -> None:
+    """Queue an event for sending; never raises, never blocks (the hook's
+    start must not wait for a mail system or a webhook)."""
+    try:
+        d = _events_dir()
+        d.mkdir(parents=True, exist_ok=True)
+        path = d / (alert.key.replace("/", "%") + ".json")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps({"node": node, "time": time.time(), "alert": asdict(alert)}))
+        os.replace(tmp, path)
+    except Exception as e:  # an alert must never cost a start
+        logger.warning(f"alerts: cannot queue {alert.summary!r}: {e}")
+
+
+def notify(cfg, now: float | None = None) -> int:
+    """`pvezfsha notify`: send the queued events."""
     now = time.time() if now is None else now
-    d = _load()
-    send, d["alerts"] = event_step(d["alerts"], alert, now)
-    if send:
-        _send(cfg, d, "event", alert, node, now)
-    _save(d)
+    with _memory() as d:
+        _flush(cfg, d, None, now)
+    return 0
 
 
-def _send(cfg, d: dict, kind: str, a: Alert, node: str, now: float) -> None:
+def _flush(cfg, d: dict, node: str | None, now: float) -> None:
+    try:
+        paths = sorted(_events_dir().glob("*.json"))
+    except OSError:
+        return
+    for path in paths:
+        try:
+            ev = json.loads(path.read_text())
+            a = Alert(**ev["alert"])
+            who = str(ev.get("node") or node)
+        except (OSError, ValueError, KeyError, TypeError):
+            path.unlink(missing_ok=True)    # damaged: nothing to send
+            continue
+        send, mem = event_step(d["alerts"], a, now)
+        if send and not _send(cfg, d, "event", a, who, now):
+            continue    # over the cap: stays queued
+        d["alerts"] = mem
+        path.unlink(missing_ok=True)
+
+
+def _send(cfg, d: dict, kind: str, a: Alert, node: str, now: float) -> bool:
+    """False when the hourly cap holds it back. Delivery problems are journal lines."""
     subject = f"[pvezfsha {node}] " + ("RESOLVED: " if kind == "resolved" else "") + a.summary
     body = (f"The condition has cleared on {node}.\n\nIt was:\n{a.body}\n" if kind == "resolved"
             else f"{a.body}\n")
-    (logger.info if kind == "resolved" else logger.warning)(f"alert ({kind}): {a.summary}")
     ok, d["sent"] = budget(d.get("sent", []), now)
     if not ok:
-        logger.warning(f"alerts: more than {MAX_PER_HOUR} this hour; this one goes to the journal only")
-        return
+        logger.warning(f"alerts: more than {MAX_PER_HOUR} this hour; held back for now: {a.summary}")
+        return False
+    (logger.info if kind == "resolved" else logger.warning)(f"alert ({kind}): {a.summary}")
     if cfg.alerts.mail_to:
         mail(cfg.alerts.mail_to, subject, body)
     if cfg.alerts.webhook:
         webhook(cfg.alerts.webhook, {"node": node, "kind": kind, "key": a.key, "ctid": a.ctid,
                                      "severity": "ok" if kind == "resolved" else a.severity,
                                      "summary": a.summary, "body": a.body, "time": now})
+    return True
 
 
 def mail(to: str, subject: str, body: str) -> None:
@@ -194,23 +253,41 @@ def mail(to: str, subject: str, body: str) -> None:
         logger.warning(f"alerts: no {SENDMAIL} on this node (install a mail transport such as postfix); "
                        f"not mailed: {subject}")
         return
-    msg = EmailMessage()
-    msg["To"], msg["Subject"] = to, subject
-    msg.set_content(body)
     try:
+        msg = EmailMessage()
+        msg["To"], msg["Subject"] = to, " ".join(subject.split())
+        msg.set_content(body.encode("utf-8", "replace").decode("utf-8"))
         p = subprocess.run([SENDMAIL, "-oi", "--", to], input=msg.as_bytes(), capture_output=True, timeout=30)
         if p.returncode != 0:
             logger.warning(f"alerts: sendmail to {to} exited {p.returncode}: "
                            f"{p.stderr.decode(errors='replace').strip()[:200]}")
-    except (OSError, subprocess.TimeoutExpired) as e:
+    except Exception as e:  # noqa: BLE001 - an alert must never cost a cycle
         logger.warning(f"alerts: sendmail to {to} failed: {e}")
 
 
+def _redacted(url: str) -> str:
+    """Webhook URLs often carry their secret in the path: log the host only."""
+    parts = urllib.parse.urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname or '?'}/..."
+
+
 def webhook(url: str, payload: dict) -> None:
-    req = urllib.request.Request(url, data=json.dumps(payload).encode(), method="POST",
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            r.read(1 << 16)
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        logger.warning(f"alerts: webhook {url} failed: {e}")
+    errors: list[str] = []
+
+    def post():
+        try:
+            req = urllib.request.Request(url, data=json.dumps(payload).encode(), method="POST",
+                                         headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=10) as r:
+                if not 200 <= r.status < 300:
+                    errors.append(f"HTTP {r.status}")
+        except Exception as e:  # noqa: BLE001 - HTTPException, URLError, OSError, ValueError...
+            errors.append(str(e) or type(e).__name__)
+
+    t = threading.Thread(target=post, name="webhook", daemon=True)
+    t.start()
+    t.join(WEBHOOK_DEADLINE)
+    if t.is_alive():
+        logger.warning(f"alerts: webhook {_redacted(url)} did not answer within {WEBHOOK_DEADLINE:.0f} s")
+    elif errors:
+        logger.warning(f"alerts: webhook {_redacted(url)} failed: {errors[0]}")

@@ -96,6 +96,7 @@ def parser() -> argparse.ArgumentParser:
     st.add_argument("--check", action="store_true",
                     help="one line and a Nagios exit code: 0 ok, 1 warning, 2 critical, 3 unknown")
     sub.add_parser("receive", help="receiving end of a sync, run over ssh by the primary")
+    sub.add_parser("notify", help="send the alerts the hook queued (the hook starts it; every cycle does it too)")
     i = sub.add_parser("init", help="protect a container: map its ZFS bind mounts, write the config, show the diff")
     i.add_argument("ctid", type=_ctid, metavar="CTID")
     i.add_argument("--nodes", type=_nodes, help="replication group, comma-separated (default: every cluster node)")
@@ -197,6 +198,9 @@ def _main(argv: list[str] | None) -> int:
         if args.command == "agent":
             from pvezfsha import agent
             return agent.run(lambda: config.load(args.config), budget=args.watch_budget, keep_warm=args.keep_warm)
+        if args.command == "notify":
+            from pvezfsha import alerts
+            return alerts.notify(cfg)
         if args.command == "status":
             from pvezfsha import status
             return status.run(cfg, args.ctids, as_json=args.json, check=args.check)

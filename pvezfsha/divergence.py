@@ -36,6 +36,7 @@ the swap clone T and knows from the origins how far the last one got.
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 from pvezfsha import faults, zfs, zfscli
 from pvezfsha.errors import ZfsError
@@ -64,6 +65,12 @@ def _tmp_name(dataset: str, prefix: str) -> str:
 
 def kept_name(dataset: str, prefix: str, when: dt.datetime) -> str:
     return f"{dataset}-{prefix}-diverged-{when.astimezone(dt.timezone.utc):%Y%m%dT%H%M%SZ}"
+
+
+def is_kept_copy(name: str, dataset: str, prefix: str) -> bool:
+    """Whether `name` is a kept copy of `dataset` (kept_name's shape exactly:
+    tank/a-b-pvezfsha-diverged-... is tank/a-b's, never tank/a's)."""
+    return re.fullmatch(re.escape(f"{dataset}-{prefix}-diverged-") + r"\d{8}T\d{6}Z", name) is not None
 
 
 def keep_diverged(dataset: str, base_guid: int, prefix: str, node: str,

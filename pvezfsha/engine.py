@@ -176,7 +176,9 @@ class Replicator:
             # A raw receive leaves keylocation=prompt on the standby, which no
             # takeover can answer: the receiver puts ours there instead.
             header["keylocation"] = keylocation
-        total = None if step.resume_token else zfs.send_space(to, frm, flags)
+        # No estimate for a resumed stream, nor from a bookmark: without
+        # feature@bookmark_written the kernel would estimate by a dry-run send.
+        total = None if step.resume_token or (frm and "#" in frm) else zfs.send_space(to, frm, flags)
         progress = Progress(src_ds, self.peer, step.describe(), total, logger.info)
         try:
             res = self.session.send_stream(header, produce, rate_limit=self.options.bandwidth_limit,

@@ -31,6 +31,7 @@ class Link:
 
     ok_at: float = 0.0          # the last cycle that left the standby holding all it had to send
     failures: int = 0           # consecutive failed cycles since
+    failing_since: float = 0.0  # the first of them
     error: str = ""             # the last failure's message ("" once it succeeds again)
     error_at: float = 0.0
     bytes: int = 0              # the last transfer (a cycle that sent something)
@@ -96,11 +97,13 @@ def advance(prev: Health | None, ctid: int, node: str, epoch: int, now: float,
         for ds, r in per.items():
             link = links.setdefault(peer, {}).setdefault(ds, Link())
             if r.ok:
-                link.ok_at, link.failures, link.error, link.error_at = now, 0, "", link.error_at
+                link.ok_at, link.failures, link.error, link.failing_since = now, 0, "", 0.0
                 if r.bytes:
                     link.bytes, link.seconds, link.at = r.bytes, r.seconds, now
                     link.bytes_total += r.bytes
             else:
+                if not link.failures:
+                    link.failing_since = now
                 link.failures += 1
                 link.error, link.error_at = r.error, now
     return Health(ctid, node, epoch, now, True, links, dict(kept))

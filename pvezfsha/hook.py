@@ -51,7 +51,7 @@ def pre_start(cfg: Config, ct: Container, cluster: Cluster, force: bool = False)
         logger.error(str(e))
         journal(f"REFUSED: {e}")
         node = cluster.local_node()
-        alerts.event(cfg, alerts.Alert(
+        alert(cfg, alerts.Alert(
             f"refused/{ct.ctid}/{node}", ct.ctid, "critical", f"CT {ct.ctid}: start on {node} refused",
             f"pvezfsha refused to take CT {ct.ctid} over on {node}: {e}\n"
             f"The container does not run there; its data was not changed. HA may try another node.\n"
@@ -61,13 +61,25 @@ def pre_start(cfg: Config, ct: Container, cluster: Cluster, force: bool = False)
         print(line, flush=True)
         journal(line)
     if rep.stale:
-        alerts.event(cfg, alerts.Alert(
+        alert(cfg, alerts.Alert(
             f"stale/{ct.ctid}/{rep.node}/{rep.epoch}", ct.ctid, "critical",
             f"CT {ct.ctid}: taken over on {rep.node} with a stale replica",
             "\n".join(rep.lines()) + f"\n{rep.stale}\nWrites after the data-loss window above are not in the "
             f"container's data; if the old primary returns, they are kept there as diverged data.\n"
             f"Look further: pvezfsha status {ct.ctid}"), rep.node)
     return 0
+
+
+def alert(cfg: Config, a, node: str) -> None:
+    """Queue it and have `pvezfsha notify` send it, detached: the start does
+    not wait for a mail system or a webhook. If that cannot start, the next
+    cycle on this node sends it."""
+    alerts.queue(a, node)
+    try:
+        subprocess.Popen(_self_argv(cfg, "notify"), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
+    except Exception as e:  # an alert must never cost a start
+        logger.warning(f"alerts: cannot start `pvezfsha notify`: {e}; the next cycle sends it")
 
 
 def _self_argv(cfg: Config, *args: str) -> list[str]:

@@ -2,7 +2,8 @@
 
 Written after every cycle and by the agent at a steady pace, from the same
 document `pvezfsha status --json` prints (status.py), so the two never
-disagree. The file is replaced atomically (a temp file renamed in the same
+disagree. Per-standby series come from the primary only (a running transfer
+is visible there alone); every node exports its role and its kept copies. The file is replaced atomically (a temp file renamed in the same
 directory): the collector never reads half of it. With no collector
 directory (node_exporter not installed) nothing is written.
 """
@@ -10,6 +11,7 @@ directory (node_exporter not installed) nothing is written.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 from pvezfsha.status import STATES
@@ -54,6 +56,8 @@ def render(doc: dict) -> str:
         add("pvezfsha_epoch", ct, c["epoch"])
         for d in c["datasets"]:
             add("pvezfsha_kept_divergences", {**ct, "dataset": d["dataset"], "holder": node}, len(d["kept"]))
+            if c["primary"] != node:
+                continue    # the primary speaks for its standbys: one series each, not one per node
             for s in d["standbys"]:
                 lab = {**ct, "dataset": d["dataset"], "standby": s["node"]}
                 add("pvezfsha_lag_seconds", lab, s["lag_seconds"])
@@ -78,15 +82,21 @@ def write(path: str, doc: dict) -> bool:
     target = Path(path)
     if not target.parent.is_dir():
         return False
-    tmp = target.with_name(f".{target.name}.{os.getpid()}")
+    # mkstemp: O_EXCL, a fresh name. The collector's directory may be
+    # writable by its own account, which must not aim a link at /etc/shadow.
     try:
-        tmp.write_text(render(doc))
-        os.chmod(tmp, 0o644)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    except OSError:
+        return False
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            os.fchmod(f.fileno(), 0o644)
+            f.write(render(doc))
         os.replace(tmp, target)
         return True
     except OSError:
         try:
-            tmp.unlink()
+            os.unlink(tmp)
         except OSError:
             pass
         return False

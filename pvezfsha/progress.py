@@ -80,6 +80,14 @@ class Progress:
         self._write()
 
     def __call__(self, sent: int) -> None:
+        # Inside the send pump: a progress problem (a closed terminal) must
+        # never look like the receiver going away, nor stop the stream.
+        try:
+            self._update(sent)
+        except Exception:  # noqa: BLE001
+            self.bar = False
+
+    def _update(self, sent: int) -> None:
         self.sent = sent
         now = self.clock()
         if now - self.last_log >= LOG_EVERY:

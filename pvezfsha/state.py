@@ -61,6 +61,20 @@ def dataset_lock(dataset: str, what: str = "sync", wait: float = 0):
         os.close(fd)
 
 
+@contextmanager
+def node_lock(name: str):
+    """A short read-modify-write of one of this node's files, between the
+    timer, the agent and the hook: waits, never fails for being busy."""
+    path = run_dir() / "locks" / f"{name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def first_time(what: str) -> bool:
     """True the first time `what` is asked on this node (a marker file under
     the run dir): for reporting a lasting condition once, not every cycle."""

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pvezfsha import progress, zfs
 from pvezfsha.cluster import Cluster
 from pvezfsha.config import Config
-from pvezfsha.divergence import KEPT_PROP
+from pvezfsha.divergence import KEPT_PROP, is_kept_copy
 from pvezfsha.health import Health, Link
 from pvezfsha.record import Replica
 from pvezfsha.record_store import RecordError, RecordStore
@@ -48,38 +48,59 @@ class Verdict:
 
 
 def judge(now: float, max_staleness: float, after_failures: int, replica: Replica | None,
-          link: Link | None, kept: dict[str, str], transfer: dict | None) -> Verdict:
+          link: Link | None, kept: dict[str, str], transfer: dict | None, *,
+          min_failing: float = 0.0, epoch_began: float = 0.0) -> Verdict:
     """One standby's state for one dataset.
 
     The lag is what a failover to it now would lose at most: the time since
     it last held everything the primary had (`in_sync_at`), or since its
-    newest common snapshot was taken when it never did. A failed cycle
-    comes first (nothing else moves while it fails), then kept diverged
-    copies (safe, but waiting for the admin), then a running transfer.
+    newest common snapshot was taken when it never did.
+    - A failing cycle comes first: nothing else moves while it fails. It is
+      CRITICAL after `after_failures` in a row over at least `min_failing`
+      seconds (the agent retries within seconds: a standby's reboot is not
+      an emergency), or as soon as the standby is past max_staleness.
+    - Facts older than this epoch were about the previous primary: unknown
+      until this primary's first cycle confirms them.
+    - Past max_staleness is lagging, whatever else is true: kept copies or a
+      running transfer do not make a stale replica safe, and must not hide it.
     """
     lag = None
     if replica is not None:
         lag = max(0.0, now - (replica.in_sync_at or replica.created))
     stale = lag is not None and lag > max_staleness
-    if link is not None and link.failures:
-        sev = CRITICAL if link.failures >= after_failures or stale else WARNING
-        return Verdict("error", sev, f"{link.failures} failed cycle(s), the last {age(now - link.error_at)} ago: "
-                                     f"{link.error}")
+    also = []
     if kept:
-        return Verdict("diverged", WARNING, f"{len(kept)} diverged copy(ies) kept there: {', '.join(sorted(kept))}")
+        also.append(f"{len(kept)} diverged copy(ies) kept there")
     if transfer is not None:
-        return Verdict("transferring", WARNING if stale or replica is None else OK,
-                       f"{transfer.get('step', 'stream')}: "
-                       + progress.describe(int(transfer.get("bytes", 0)), transfer.get("estimate"),
-                                           float(transfer.get("updated", now)) - float(transfer.get("started", now))))
+        also.append(_transfer(transfer, now))
+    if link is not None and link.failures:
+        failing_for = now - (link.failing_since or link.error_at)
+        sev = CRITICAL if stale or (link.failures >= after_failures and failing_for >= min_failing) else WARNING
+        return Verdict("error", sev, f"{link.failures} failed cycle(s) in {age(failing_for)}, the last "
+                                     f"{age(now - link.error_at)} ago: {link.error}")
+    if replica is not None and link is None and epoch_began and (replica.in_sync_at or replica.created) < epoch_began:
+        return Verdict("unknown", UNKNOWN, "not confirmed since the last takeover (the new primary's first cycle "
+                                           "will tell)")
+    if stale:
+        return Verdict("lagging", CRITICAL, "; ".join([f"last held everything {age(lag)} ago, past max_staleness "
+                                                        f"({age(max_staleness)})"] + also))
     if replica is None:
+        if transfer is not None:
+            return Verdict("transferring", WARNING, "first sync: " + _transfer(transfer, now))
         if link is not None:
             return Verdict("lagging", CRITICAL, "holds no common snapshot yet")
         return Verdict("unknown", UNKNOWN, "no cycle has recorded what it holds")
-    if stale:
-        return Verdict("lagging", CRITICAL, f"last held everything {age(lag)} ago, "
-                                            f"past max_staleness ({age(max_staleness)})")
+    if kept:
+        return Verdict("diverged", WARNING, f"{len(kept)} diverged copy(ies) kept there: {', '.join(sorted(kept))}")
+    if transfer is not None:
+        return Verdict("transferring", OK, _transfer(transfer, now))
     return Verdict("ok", OK, "")
+
+
+def _transfer(t: dict, now: float) -> str:
+    return (f"{t.get('step', 'stream')}: "
+            + progress.describe(int(t.get("bytes", 0)), t.get("estimate"),
+                                float(t.get("updated", now)) - float(t.get("started", now))))
 
 
 def collect(cfg: Config, ctids: list[int], cluster: Cluster, now: float | None = None) -> dict:
@@ -102,10 +123,12 @@ def collect(cfg: Config, ctids: list[int], cluster: Cluster, now: float | None =
         ph = healths.get(role.primary) if role.primary else None
         if ph is not None and (ph.epoch != role.epoch or not ph.primary):
             ph = None                       # an older primary's facts
+        prefix = ct.options.snapshot_prefix
+        listed: dict = {}       # one listing per parent dataset
         for ds in ct.datasets:
             name = ds.on(local)
             d = {"dataset": ds.name, "local": name, "exists": None, "readonly": None, "resumable": None,
-                 "newest": None, "kept": kept_for(name), "error": None, "standbys": []}
+                 "newest": None, "kept": kept_for(name, prefix, listed), "error": None, "standbys": []}
             c["datasets"].append(d)
             try:
                 q = zfs.quick_state(name)
@@ -121,9 +144,10 @@ def collect(cfg: Config, ctids: list[int], cluster: Cluster, now: float | None =
                 link = ph.links.get(peer, {}).get(ds.name) if ph else None
                 kept = (d["kept"] if peer == local else
                         {k: v for k, v in (healths[peer].kept if healths.get(peer) else {}).items()
-                         if k.startswith(ds.on(peer) + "-")})
+                         if is_kept_copy(k, ds.on(peer), prefix)})
                 transfer = progress.live(name, peer, now) if role.primary == local else None
-                v = judge(now, ct.options.max_staleness, cfg.alerts.after_failures, rep, link, kept, transfer)
+                v = judge(now, ct.options.max_staleness, cfg.alerts.after_failures, rep, link, kept, transfer,
+                          min_failing=cfg.interval, epoch_began=rec.changed if rec else 0.0)
                 d["standbys"].append({
                     "node": peer, "state": v.state, "severity": v.severity, "detail": v.detail,
                     "common": rep.snapshot if rep else None, "common_guid": f"{rep.guid:016x}" if rep else None,
@@ -208,14 +232,17 @@ def render(doc: dict, colour: bool = False) -> str:
     return "\n".join(out)
 
 
-def kept_for(dataset: str) -> dict[str, str]:
-    """Diverged states kept beside `dataset` (divergence.py names them)."""
+def kept_for(dataset: str, prefix: str, cache: dict | None = None) -> dict[str, str]:
+    """Diverged states kept beside `dataset` (divergence.py names them).
+    `cache` shares one listing of a parent among its datasets."""
     parent = dataset.rsplit("/", 1)[0] if "/" in dataset else dataset
-    try:
-        found = zfs.children_with_prop(parent, KEPT_PROP)
-    except Exception:  # listing is a courtesy here; status must still print
-        return {}
-    return {k: v for k, v in sorted(found.items()) if k.startswith(dataset + "-")}
+    cache = {} if cache is None else cache
+    if parent not in cache:
+        try:
+            cache[parent] = zfs.children_with_prop(parent, KEPT_PROP)
+        except Exception:  # listing is a courtesy here; status must still print
+            cache[parent] = {}
+    return {k: v for k, v in sorted(cache[parent].items()) if is_kept_copy(k, dataset, prefix)}
 
 
 def diverged(cfg: Config, ctids: list[int], cluster: Cluster | None = None) -> int:
@@ -225,7 +252,7 @@ def diverged(cfg: Config, ctids: list[int], cluster: Cluster | None = None) -> i
     for ct in cfg.select(ctids):
         for ds in ct.datasets:
             name = ds.on(local)
-            for kept, info in kept_for(name).items():
+            for kept, info in kept_for(name, ct.options.snapshot_prefix).items():
                 any_found = True
                 mnt = "/mnt/" + kept.replace("/", "_")
                 # Commands to paste into a shell: a dataset name may hold a space.

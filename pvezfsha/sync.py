@@ -53,7 +53,16 @@ def run(cfg: Config, ctids: list[int], dry_run: bool = False, cluster: Cluster |
         now = time.time()
         if if_due and not due(ct.ctid, cfg.interval, now):
             continue
-        cycle = sync_container(ctx, ct, wait=wait)
+        try:
+            cycle = sync_container(ctx, ct, wait=wait)
+        except PvezfshaError as e:
+            # A full pool at the snapshot, a ZFS error while pruning: this
+            # container's cycle failed; the others still run.
+            logger.error(f"CT {ct.ctid}: {e}")
+            if not dry_run:
+                observe.after_error(ctx, ct, str(e))
+            rc |= 1
+            continue
         observe.after_cycle(ctx, ct, cycle)
         rc |= cycle.rc
         if not dry_run:

@@ -135,3 +135,66 @@ def test_a_dead_webhook_or_no_mail_system_is_a_journal_line_not_a_failure(sinks,
 def test_a_hostile_mail_to_is_refused_by_the_config():
     with pytest.raises(Exception, match="mail_to"):
         config.parse('[alerts]\nmail_to = "-C/tmp/evil root"\n', "t.toml")
+
+
+def test_a_garbage_or_slow_webhook_is_bounded_and_never_raises(sinks, monkeypatch):
+    import socket
+    import time as _t
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+
+    def answer():
+        while True:
+            c, _ = srv.accept()
+            c.recv(65536)
+            c.sendall(b"garbage\r\n")        # not HTTP: http.client raises BadStatusLine
+            c.close()
+    threading.Thread(target=answer, daemon=True).start()
+    alerts.webhook(f"http://127.0.0.1:{srv.getsockname()[1]}/", {"x": 1})   # no exception
+    slow = socket.socket()
+    slow.bind(("127.0.0.1", 0))
+    slow.listen(4)                                                          # accepts, never answers
+    monkeypatch.setattr(alerts, "WEBHOOK_DEADLINE", 1.0)
+    t0 = _t.monotonic()
+    alerts.webhook(f"http://127.0.0.1:{slow.getsockname()[1]}/", {"x": 1})
+    assert _t.monotonic() - t0 < 2
+
+
+def test_a_failing_delivery_still_counts_as_sent(sinks, monkeypatch):
+    cfg, got, mailbox = sinks
+    monkeypatch.setattr(alerts, "SENDMAIL", "/bin/false")
+    for i in range(30):
+        alerts.review(cfg, status_doc(), now=float(i))
+    assert len(got) == 1
+
+
+def test_what_the_hourly_cap_holds_back_is_sent_later(sinks, monkeypatch):
+    cfg, got, _ = sinks
+    monkeypatch.setattr(alerts, "MAX_PER_HOUR", 0)
+    alerts.review(cfg, status_doc(), now=0.0)
+    assert got == []
+    monkeypatch.setattr(alerts, "MAX_PER_HOUR", 20)
+    alerts.review(cfg, status_doc(), now=60.0)
+    assert [g["kind"] for g in got] == ["firing"]
+
+
+def test_a_damaged_memory_is_started_afresh(sinks, tmp_path):
+    cfg, got, _ = sinks
+    (tmp_path / "state").mkdir(exist_ok=True)
+    (tmp_path / "state" / "alerts.json").write_text('{"alerts": {"event/x": {"alert": {}}}, "sent": []}')
+    alerts.review(cfg, status_doc(), now=0.0)
+    assert [g["kind"] for g in got] == ["firing"]
+
+
+def test_the_hooks_events_are_queued_then_sent_once_by_notify(sinks):
+    cfg, got, mailbox = sinks
+    ev = Alert("refused/103/pve2", 103, "critical", "CT 103: start on pve2 refused", "why")
+    alerts.queue(ev, "pve2")
+    alerts.queue(ev, "pve2")            # HA's retry
+    assert got == []                    # queuing sends nothing
+    alerts.notify(cfg, now=0.0)
+    alerts.queue(ev, "pve2")
+    alerts.notify(cfg, now=60.0)
+    assert [(g["kind"], g["node"]) for g in got] == [("event", "pve2")]
+    assert mailbox.read_text().count("Subject: [pvezfsha pve2] CT 103: start on pve2 refused") == 1

@@ -289,6 +289,25 @@ def test_a_zfs_error_during_pre_start_refuses_the_start_and_reaches_the_journal(
     assert "JOURNAL REFUSED: tank/media: I/O error" in capsys.readouterr().out
 
 
+def test_a_refused_start_queues_an_alert_and_sends_it_detached_without_waiting(tmp_path, monkeypatch):
+    from pvezfsha import alerts
+    from pvezfsha.errors import ZfsError
+
+    def broken(self):
+        raise ZfsError("tank/media: I/O error")
+    spawned = []
+    t, _, _, _ = arrange(tmp_path, record=rec())
+    monkeypatch.setattr(hook.Takeover, "run", broken)
+    monkeypatch.setattr(hook, "journal", lambda msg: None)
+    monkeypatch.setattr(hook.subprocess, "Popen", lambda argv, **kw: spawned.append((argv, kw)))
+    monkeypatch.setattr(alerts, "mail", lambda *a: pytest.fail("the hook must not send mail itself"))
+    assert hook.pre_start(t.cfg, t.ct, t.cluster) == 1
+    [(argv, kw)] = spawned
+    assert argv[-1] == "notify" and kw["start_new_session"] and kw["stdout"] == hook.subprocess.DEVNULL
+    [queued] = (tmp_path / "state" / "events").iterdir()
+    assert "start on" in queued.read_text() and "I/O error" in queued.read_text()
+
+
 def test_first_start_on_the_node_with_the_original_datasets_creates_the_record(tmp_path):
     t, local, _, store = arrange(tmp_path, local_snaps=[])
     local.readonly = False

@@ -68,3 +68,23 @@ def test_the_file_is_replaced_whole_and_world_readable(tmp_path):
 def test_no_collector_directory_means_no_file():
     assert not metrics.write("/nonexistent/dir/pvezfsha.prom", doc())
     assert not metrics.write("", doc())
+
+
+def test_a_standby_exports_no_per_standby_series_only_the_primary_does():
+    d = doc()
+    d["containers"][0]["primary"] = "pve2"
+    names = {n for n, _ in samples(metrics.render(d))}
+    assert "pvezfsha_lag_seconds" not in names and "pvezfsha_state" not in names
+    assert {"pvezfsha_primary", "pvezfsha_epoch", "pvezfsha_kept_divergences"} <= names
+
+
+def test_a_link_planted_in_the_collector_directory_is_not_followed(tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_text("secret")
+    victim.chmod(0o600)
+    d = tmp_path / "textfile"
+    d.mkdir()
+    for pid in range(os.getpid() - 5, os.getpid() + 5):      # the old predictable names
+        (d / f".pvezfsha.prom.{pid}").symlink_to(victim)
+    assert metrics.write(str(d / "pvezfsha.prom"), doc())
+    assert victim.read_text() == "secret" and oct(victim.stat().st_mode & 0o777) == "0o600"

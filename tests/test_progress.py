@@ -44,3 +44,20 @@ def test_a_file_left_by_a_killed_run_is_not_live(tmp_path, monkeypatch):
 def test_no_bar_under_systemd(monkeypatch):
     monkeypatch.setenv("INVOCATION_ID", "x")
     assert not progress.interactive()
+
+
+def test_a_broken_terminal_never_stops_the_stream(tmp_path, monkeypatch):
+    monkeypatch.setenv("PVEZFSHA_RUN_DIR", str(tmp_path))
+
+    class Broken:
+        def write(self, s):
+            raise BrokenPipeError()
+
+        def flush(self):
+            pass
+    clock = Clock()
+    p = progress.Progress("tank/a", "pve2", "full @s", 100, lambda m: None, clock=clock, bar=True)
+    monkeypatch.setattr(progress.sys, "stderr", Broken())
+    clock.t = 1.0
+    p(50)                               # no exception
+    assert p.bar is False

@@ -45,6 +45,26 @@ def test_kept_copies_are_diverged():
     assert (v.state, v.severity) == ("diverged", WARNING)
 
 
+def test_kept_copies_or_a_transfer_never_hide_a_stale_standby():
+    t = {"step": "@a -> @b", "bytes": 1, "estimate": 10, "started": NOW - 10, "updated": NOW}
+    for kept, transfer in (({"k": "x"}, None), ({}, t)):
+        v = judge(NOW, 30, 3, REP, Link(ok_at=NOW - 60), kept, transfer)
+        assert (v.state, v.severity) == ("lagging", CRITICAL), v
+
+
+def test_failures_within_one_interval_stay_a_warning_however_many():
+    link = Link(failures=5, error="x", error_at=NOW - 1, failing_since=NOW - 50)
+    assert judge(NOW, 1800, 3, REP, link, {}, None, min_failing=600).severity == WARNING
+    link.failing_since = NOW - 700
+    assert judge(NOW, 1800, 3, REP, link, {}, None, min_failing=600).severity == CRITICAL
+
+
+def test_facts_from_before_the_last_takeover_are_unknown_until_confirmed():
+    v = judge(NOW, 1800, 3, REP, None, {}, None, epoch_began=NOW - 30)
+    assert v.state == "unknown" and "takeover" in v.detail
+    assert judge(NOW, 1800, 3, REP, Link(ok_at=NOW - 10), {}, None, epoch_began=NOW - 30).state == "ok"
+
+
 def test_a_running_first_transfer_is_transferring_with_its_progress():
     t = {"step": "full @s", "bytes": 1 << 30, "estimate": 4 << 30, "started": NOW - 100, "updated": NOW}
     v = judge(NOW, 1800, 3, None, None, {}, t)
@@ -69,7 +89,7 @@ max_staleness = "30m"
 def node(tmp_path, monkeypatch):
     root = pve_tree(tmp_path / "pve", nodes=("pve1", "pve2", "pve3"), local="pve1")
     monkeypatch.setattr(zfs, "quick_state", lambda name, snaps=(): zfs.Quick(True, readonly=False))
-    monkeypatch.setattr(status, "kept_for", lambda name: {})
+    monkeypatch.setattr(zfs, "children_with_prop", lambda parent, prop: {})
     monkeypatch.setattr(status.progress, "run_dir", lambda: tmp_path / "run")
     store = RecordStore(root)
     rec = Record(103, "pve1", 4, replicas={
@@ -143,7 +163,20 @@ def test_the_table_names_each_standby_and_colours_only_when_asked(node):
 def test_kept_copies_on_another_node_come_from_its_health_file(node):
     cfg, cluster, store = node
     from pvezfsha.health import standby
-    store.write_health(standby(None, 103, "pve3", 4, NOW, {"tank/a-pvezfsha-diverged-x": "its writes"}))
+    store.write_health(standby(None, 103, "pve3", 4, NOW, {"tank/a-pvezfsha-diverged-20261203T101500Z": "its writes",
+                                                          "tank/a-b-pvezfsha-diverged-20261203T101500Z": "not a's"}))
     doc = status.collect(cfg, [], cluster, now=NOW)
     pve3 = {d["dataset"]: d["standbys"][1] for d in doc["containers"][0]["datasets"]}
-    assert pve3["tank/a"]["state"] == "diverged" and pve3["tank/b"]["state"] == "unknown"
+    assert pve3["tank/a"]["state"] == "lagging" and "1 diverged copy(ies) kept there" in pve3["tank/a"]["detail"]
+    assert pve3["tank/b"]["state"] == "unknown"
+
+
+def test_a_kept_copy_belongs_to_its_own_dataset_only(node, monkeypatch):
+    cfg, cluster, store = node
+    monkeypatch.setattr(zfs, "children_with_prop", lambda parent, prop: {
+        "tank/a-pvezfsha-diverged-20261203T101500Z": "x", "tank/a-b-pvezfsha-diverged-20261203T101500Z": "y"})
+    cfg = config.parse(CONF.replace('"tank/a", "tank/b"', '"tank/a", "tank/a-b"'), "t.toml")
+    doc = status.collect(cfg, [], cluster, now=NOW)
+    kept = {d["dataset"]: list(d["kept"]) for d in doc["containers"][0]["datasets"]}
+    assert kept == {"tank/a": ["tank/a-pvezfsha-diverged-20261203T101500Z"],
+                    "tank/a-b": ["tank/a-b-pvezfsha-diverged-20261203T101500Z"]}

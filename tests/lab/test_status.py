@@ -87,7 +87,7 @@ def test_an_unreachable_standby_is_an_error_alerted_once_then_recovered(group, h
     group.write("a.bin")
     group.sync()
     # pve2 unreachable: TEST-NET-1 (RFC 5737) answers nobody.
-    dead = f'[nodes.pve2]\naddress = "192.0.2.1"\n'
+    dead = '[nodes.pve2]\naddress = "192.0.2.1"\n'
     for _ in range(3):
         group.write("b.bin")
         for node in group.nodes:

@@ -1,0 +1,115 @@
+#!/usr/bin/env python3
+"""`make bench-status`: `pvezfsha status` at 20 datasets of 1,000 snapshots each.
+
+In the lab (inside pve1, as root): 20 datasets, each with 1,000 snapshots
+named as sanoid names them (made 1,000 at a time by one `zfs snapshot`), in
+one container replicated to pve2 by one `pvezfsha sync`. Then, interleaved
+for ROUNDS rounds, the wall time of:
+- `pvezfsha status` (the table), `status --json`, `status --check`, on the
+  primary (pve1) and on the standby (pve2, over the lab's shared ssh
+  connection, whose own cost is measured alone and subtracted: `true`);
+- the baseline: `zfs list -t snapshot` of those datasets (name, guid,
+  createtxg), what a status that read every snapshot would pay at least.
+The target is under 1 s, flat in the snapshot count; the baseline shows what
+that count costs.
+
+    python3 bench/bench_status.py              # in the guest: prints RESULT {json}
+    python3 bench/bench_status.py --report LOG # on the host: writes bench/results/
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DATASETS, SNAPSHOTS, ROUNDS = 20, 1000, 7
+
+
+def note(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def timed(node: str, argv: list[str], env: dict) -> float:
+    from labnode import sh
+    t0 = time.monotonic()
+    sh(node, argv, env=env, check=False)
+    return time.monotonic() - t0
+
+
+def measure() -> dict:
+    sys.path.insert(0, str(HERE.parent / "tests" / "lab"))
+    from labnode import Group, sh
+    g = Group(datasets=DATASETS, ctid=990_001)
+    try:
+        note(f"{DATASETS} datasets x {SNAPSHOTS} snapshots")
+        for ds in g.datasets:
+            names = [f"{ds}@autosnap_2026-01-01_{i // 60:02d}:{i % 60:02d}:00_hourly" for i in range(SNAPSHOTS)]
+            sh("pve1", ["zfs", "snapshot", *names])
+        t0 = time.monotonic()
+        g.sync()
+        first_sync = time.monotonic() - t0
+        env = g.env()
+        cases = {
+            "status (pve1, primary)": ("pve1", ["pvezfsha", "status", str(g.ctid)]),
+            "status --json (pve1)": ("pve1", ["pvezfsha", "status", "--json", str(g.ctid)]),
+            "status --check (pve1)": ("pve1", ["pvezfsha", "status", "--check", str(g.ctid)]),
+            "status (pve2, standby)": ("pve2", ["pvezfsha", "status", str(g.ctid)]),
+            "baseline: zfs list -t snapshot (pve1)": ("pve1", ["zfs", "list", "-H", "-p", "-o", "name,guid,createtxg",
+                                                             "-t", "snapshot", *g.datasets]),
+            "ssh round-trip alone (pve2)": ("pve2", ["true"]),
+        }
+        times: dict[str, list[float]] = {k: [] for k in cases}
+        for r in range(ROUNDS):
+            for name, (node, argv) in cases.items():
+                times[name].append(timed(node, argv, env))
+            note(f"round {r + 1}: " + ", ".join(f"{k.split(' (')[0]} {v[-1]:.2f}" for k, v in times.items()))
+        ssh = statistics.median(times["ssh round-trip alone (pve2)"])
+        times["status (pve2, standby)"] = [max(0.0, t - ssh) for t in times["status (pve2, standby)"]]
+        check = sh("pve1", ["pvezfsha", "status", "--check", str(g.ctid)], env=env, check=False)
+        return {"datasets": DATASETS, "snapshots_per_dataset": SNAPSHOTS, "rounds": ROUNDS,
+                "first_sync_s": first_sync, "times_s": times, "check_line": check.stdout.strip(),
+                "check_rc": check.returncode, "status_text": sh("pve1", ["pvezfsha", "status", str(g.ctid)],
+                                                                env=env, check=False).stdout}
+    finally:
+        g.cleanup()
+
+
+def report(log: Path) -> None:
+    line = next(ln for ln in log.read_text().splitlines() if ln.startswith("RESULT "))
+    res = json.loads(line[len("RESULT "):])
+    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True,
+                         text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "pvezfsha"], cwd=HERE.parent,
+                           capture_output=True, text=True).stdout.strip()
+    res["commit"] = rev + ("-dirty" if dirty else "")
+    stem = HERE / "results" / f"status-{time.strftime('%Y-%m-%d')}-{res['commit']}"
+    stem.parent.mkdir(exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps(res, indent=1) + "\n")
+    rows = [f"# `pvezfsha status` at {res['datasets']} datasets x {res['snapshots_per_dataset']:,} snapshots "
+            f"(commit {res['commit']}, `make bench-status`)", "",
+            "| command | rounds (s) | median | min-max |", "|---|---|---|---|"]
+    for name, ts in res["times_s"].items():
+        rows.append(f"| {name} | {', '.join(f'{t:.2f}' for t in ts)} | {statistics.median(ts):.2f} s "
+                    f"| {min(ts):.2f}-{max(ts):.2f} |")
+    rows += ["", "The standby's figures have the median ssh round-trip of the lab's shared connection "
+                 "subtracted. Lab: 2 TCG qemu guests (no KVM), so absolute times are slower than on hardware.",
+             "", f"`status --check`: exit {res['check_rc']}, `{res['check_line']}`", "",
+             "```", res["status_text"].rstrip()[:3000], "```", ""]
+    stem.with_suffix(".md").write_text("\n".join(rows))
+    print(stem.with_suffix(".md"))
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--report", type=Path)
+    a = ap.parse_args()
+    if a.report:
+        report(a.report)
+    else:
+        print("RESULT " + json.dumps(measure()), flush=True)
