@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass
 from email.message import EmailMessage
 
 from pvezfsha.log import logger
-from pvezfsha.state import state_dir
+from pvezfsha.state import state_dir, write_atomically
 
 MAX_PER_HOUR = 20
 EVENT_WINDOW = 3600.0
@@ -153,10 +153,8 @@ def _memory():
         except (OSError, ValueError):
             d = {"alerts": {}, "sent": []}
         yield d
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
         try:
-            tmp.write_text(json.dumps(d))
-            os.replace(tmp, path)
+            write_atomically(path, json.dumps(d))
         except OSError as e:
             logger.warning(f"alerts: cannot save {path}: {e.strerror}; an alert may be sent twice")
     finally:
@@ -191,12 +189,8 @@ def queue(alert: Alert, node: str) -> None:
     """Queue an event for sending; never raises, never blocks (the hook's
     start must not wait for a mail system or a webhook)."""
     try:
-        d = _events_dir()
-        d.mkdir(parents=True, exist_ok=True)
-        path = d / (alert.key.replace("/", "%") + ".json")
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        tmp.write_text(json.dumps({"node": node, "time": time.time(), "alert": asdict(alert)}))
-        os.replace(tmp, path)
+        path = _events_dir() / (alert.key.replace("/", "%") + ".json")
+        write_atomically(path, json.dumps({"node": node, "time": time.time(), "alert": asdict(alert)}))
     except Exception as e:  # an alert must never cost a start
         logger.warning(f"alerts: cannot queue {alert.summary!r}: {e}")
 

@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import difflib
 import json
-import os
 import re
 import shlex
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +30,7 @@ from pvezfsha.cluster import Cluster
 from pvezfsha.config import DatasetMap
 from pvezfsha.errors import ConfigError, PvezfshaError, UsageError
 from pvezfsha.probe import NodeFacts, Runner, probe_all, run_subprocess
+from pvezfsha.state import write_atomically
 
 @dataclass
 class Mapping:
@@ -141,21 +140,6 @@ def _block_ctid(lines: list[str], start: int) -> int | None:
         if m:
             return int(m.group(1))
     return None
-
-
-def write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # -- the command -----------------------------------------------------------------

@@ -10,10 +10,9 @@ directory (node_exporter not installed) nothing is written.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
+from pvezfsha.state import write_atomically
 from pvezfsha.status import STATES
 
 _HELP = {
@@ -82,21 +81,10 @@ def write(path: str, doc: dict) -> bool:
     target = Path(path)
     if not target.parent.is_dir():
         return False
-    # mkstemp: O_EXCL, a fresh name. The collector's directory may be
-    # writable by its own account, which must not aim a link at /etc/shadow.
+    # The collector's directory may be writable by its own account, which
+    # must not aim a link at /etc/shadow: write_atomically never follows one.
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    except OSError:
-        return False
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            os.fchmod(f.fileno(), 0o644)
-            f.write(render(doc))
-        os.replace(tmp, target)
+        write_atomically(target, render(doc))
         return True
     except OSError:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
         return False

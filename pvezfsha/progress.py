@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from pvezfsha.state import run_dir
+from pvezfsha.state import run_dir, write_atomically
 
 LOG_EVERY = 30.0    # seconds between journal lines
 FILE_EVERY = 5.0    # seconds between updates of the live file
@@ -119,10 +119,7 @@ class Progress:
                "started": self.wall() - elapsed, "updated": self.wall(), "bytes": self.sent,
                "estimate": self.total, "rate": self.sent / elapsed if elapsed > 0 else 0.0}
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}")
-            tmp.write_text(json.dumps(doc))
-            os.replace(tmp, path)
+            write_atomically(path, json.dumps(doc))
         except OSError:
             pass    # progress is a courtesy; the transfer goes on
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import tempfile
 import signal
 import time
 from contextlib import contextmanager
@@ -59,6 +60,24 @@ def dataset_lock(dataset: str, what: str = "sync", wait: float = 0):
         yield
     finally:
         os.close(fd)
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Replace `path` whole: a fresh temp file (mkstemp: O_EXCL, so a link
+    planted in the directory is never followed), fsync'ed, mode 0644 on
+    the descriptor, renamed over it. Readers see the old file or the new."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            os.fchmod(f.fileno(), 0o644)
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 @contextmanager

@@ -1,13 +1,12 @@
 """alerts.py: once when it starts, again after `repeat`, a recovery notice
 when it clears; events once per hour; delivered by sendmail or a webhook."""
-import http.server
-import json
 import threading
 
 import pytest
 
 from pvezfsha import alerts, config
 from pvezfsha.alerts import Alert, budget, conditions, event_step, step
+from tests.webhook import webhook_sink
 
 DAY = 86400.0
 A = Alert("failing/103/tank/a/pve2", 103, "critical", "CT 103: failing", "body")
@@ -89,28 +88,19 @@ def test_conditions_are_the_primarys_failing_and_lagging_standbys_and_this_nodes
 
 @pytest.fixture
 def sinks(tmp_path, monkeypatch):
-    got = []
+    with webhook_sink() as (port, got):
+        yield from _sinks(tmp_path, monkeypatch, port, got)
 
-    class Hook(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):
-            got.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            self.send_response(204)
-            self.end_headers()
 
-        def log_message(self, *a):
-            pass
-
-    srv = http.server.HTTPServer(("127.0.0.1", 0), Hook)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
+def _sinks(tmp_path, monkeypatch, port, got):
     mailbox = tmp_path / "mail"
     sendmail = tmp_path / "sendmail"
     sendmail.write_text(f"#!/bin/sh\necho \"ARGS: $*\" >> {mailbox}\ncat >> {mailbox}\n")
     sendmail.chmod(0o755)
     monkeypatch.setattr(alerts, "SENDMAIL", str(sendmail))
     monkeypatch.setenv("PVEZFSHA_STATE_DIR", str(tmp_path / "state"))
-    cfg = config.parse(f'[alerts]\nwebhook = "http://127.0.0.1:{srv.server_port}/hook"\n', "t.toml")
+    cfg = config.parse(f'[alerts]\nwebhook = "http://127.0.0.1:{port}/hook"\n', "t.toml")
     yield cfg, got, mailbox
-    srv.shutdown()
 
 
 def test_review_mails_root_and_posts_the_webhook_once_then_the_recovery(sinks):

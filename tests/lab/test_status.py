@@ -3,15 +3,14 @@ situation it names (a fresh group, a good cycle, an unreachable standby, a
 silent primary, a standby's kept writes, a long transfer), never from an
 injected state."""
 
-import http.server
 import json
 import re
-import threading
 import time
 
 import pytest
 
 from labnode import sh
+from tests.webhook import webhook_sink
 
 METRICS = "/var/tmp/pvezfsha-metrics"
 
@@ -36,21 +35,8 @@ def check(g, node: str = "pve1") -> tuple[int, str]:
 @pytest.fixture
 def hook():
     """A webhook on pve1, where the tests and pvezfsha run."""
-    got = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):
-            got.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *a):
-            pass
-
-    srv = http.server.HTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield srv.server_port, got
-    srv.shutdown()
+    with webhook_sink() as sink:
+        yield sink
 
 
 def configure(g, port: int | None = None, more: str = "", **defaults) -> None:
@@ -124,10 +110,7 @@ def test_a_standbys_kept_writes_show_as_diverged_on_every_node(group):
     configure(group)
     group.write("a.bin")
     group.sync()
-    sh("pve2", ["zfs", "set", "readonly=off", group.ds])
-    sh("pve2", ["zfs", "mount", group.ds])
-    sh("pve2", f"echo precious > {group.mnt}/standby-only.txt")
-    sh("pve2", ["zfs", "unmount", group.ds])
+    group.diverge("pve2")
     group.write("b.bin")
     group.sync()
     group.sync(node="pve2")                # pve2's timer: a standby's cycle reports what it keeps
