@@ -19,7 +19,6 @@ import subprocess
 import sys
 import time
 
-from pvezfsha import alerts
 from pvezfsha.cluster import Cluster
 from pvezfsha.config import Config, Container
 from pvezfsha.errors import PvezfshaError
@@ -51,30 +50,31 @@ def pre_start(cfg: Config, ct: Container, cluster: Cluster, force: bool = False)
         logger.error(str(e))
         journal(f"REFUSED: {e}")
         node = cluster.local_node()
-        alert(cfg, alerts.Alert(
-            f"refused/{ct.ctid}/{node}", ct.ctid, "critical", f"CT {ct.ctid}: start on {node} refused",
-            f"pvezfsha refused to take CT {ct.ctid} over on {node}: {e}\n"
-            f"The container does not run there; its data was not changed. HA may try another node.\n"
-            f"Look further: pvezfsha status {ct.ctid}, and the task log of the start"), node)
+        alert(cfg, node, f"refused/{ct.ctid}/{node}", ct.ctid, f"CT {ct.ctid}: start on {node} refused",
+              f"pvezfsha refused to take CT {ct.ctid} over on {node}: {e}\n"
+              f"The container does not run there; its data was not changed. HA may try another node.\n"
+              f"Look further: pvezfsha status {ct.ctid}, and the task log of the start")
         return 1
     for line in rep.lines():
         print(line, flush=True)
         journal(line)
     if rep.stale:
-        alert(cfg, alerts.Alert(
-            f"stale/{ct.ctid}/{rep.node}/{rep.epoch}", ct.ctid, "critical",
-            f"CT {ct.ctid}: taken over on {rep.node} with a stale replica",
-            "\n".join(rep.lines()) + f"\n{rep.stale}\nWrites after the data-loss window above are not in the "
-            f"container's data; if the old primary returns, they are kept there as diverged data.\n"
-            f"Look further: pvezfsha status {ct.ctid}"), rep.node)
+        alert(cfg, rep.node, f"stale/{ct.ctid}/{rep.node}/{rep.epoch}", ct.ctid,
+              f"CT {ct.ctid}: taken over on {rep.node} with a stale replica",
+              "\n".join(rep.lines()) + f"\n{rep.stale}\nWrites after the data-loss window above are not in the "
+              f"container's data; if the old primary returns, they are kept there as diverged data.\n"
+              f"Look further: pvezfsha status {ct.ctid}")
     return 0
 
 
-def alert(cfg: Config, a, node: str) -> None:
-    """Queue it and have `pvezfsha notify` send it, detached: the start does
-    not wait for a mail system or a webhook. If that cannot start, the next
-    cycle on this node sends it."""
-    alerts.queue(a, node)
+def alert(cfg: Config, node: str, key: str, ctid: int, summary: str, body: str) -> None:
+    """Queue a critical event and have `pvezfsha notify` send it, detached:
+    the start does not wait for a mail system or a webhook. If that cannot
+    start, the next cycle on this node sends it. alerts is imported only
+    here: a start that needs no alert does not pay for its mail and HTTP
+    modules."""
+    from pvezfsha import alerts
+    alerts.queue(alerts.Alert(key, ctid, "critical", summary, body), node)
     try:
         subprocess.Popen(_self_argv(cfg, "notify"), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
