@@ -18,5 +18,6 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["pvezfsha", "pvezfsha.*"]),
     package_data={"pvezfsha._vendor": ["LICENSE.inotify_simple"]},
-    entry_points={"console_scripts": ["pvezfsha = pvezfsha.cli:main"]},
+    # A plain script, not a console_scripts entry point: see its comment.
+    scripts=["packaging/bin/pvezfsha"],
 )

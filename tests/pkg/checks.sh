@@ -28,6 +28,8 @@ check "apt resolves the dependencies (main + contrib) and installs the .deb" \
 check "dpkg reports it installed" sh -c 'dpkg-query -W -f="\${Status}" pvezfsha | grep -qx "install ok installed"'
 check "pvezfsha --version prints 0.1.0" sh -c '[ "$(pvezfsha --version)" = "pvezfsha 0.1.0" ]'
 check "/usr/bin/pvezfsha is 0755 root" mode_is /usr/bin/pvezfsha "755 root:root"
+check "/usr/bin/pvezfsha starts without importlib.metadata (a slow entry-point lookup)" sh -c \
+  '! python3 -X importtime /usr/bin/pvezfsha --version 2>&1 | grep -q "importlib.metadata"'
 check "hookscript snippet is 0755 root" mode_is /var/lib/vz/snippets/pvezfsha-hook "755 root:root"
 check "example config is 0644 and a conffile" sh -c \
   'stat -c %a /etc/pvezfsha/pvezfsha.toml | grep -qx 644 && dpkg-query -W -f="\${Conffiles}" pvezfsha | grep -q " /etc/pvezfsha/pvezfsha.toml "'
