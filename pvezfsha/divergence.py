@@ -36,15 +36,12 @@ the swap clone T and knows from the origins how far the last one got.
 from __future__ import annotations
 
 import datetime as dt
-import re
 
 from pvezfsha import faults, zfs, zfscli
 from pvezfsha.errors import ZfsError
 from pvezfsha.log import logger
 from pvezfsha.replica import INERT
-from pvezfsha.versions import ZIL_RESET_PROP, diverged_name
-
-KEPT_PROP = "pvezfsha:diverged"   # on the kept dataset: base and time, for `status`
+from pvezfsha.versions import KEPT_PROP, ZIL_RESET_PROP, diverged_name, kept_name
 
 # Local properties that are not carried to the swapped-in copy: set by the
 # swap itself, fixed at creation (a clone takes them from its origin), or
@@ -61,16 +58,6 @@ BARE_CLONE_WRITTEN = 64 << 10
 
 def _tmp_name(dataset: str, prefix: str) -> str:
     return f"{dataset}-{prefix}-swap"
-
-
-def kept_name(dataset: str, prefix: str, when: dt.datetime) -> str:
-    return f"{dataset}-{prefix}-diverged-{when.astimezone(dt.timezone.utc):%Y%m%dT%H%M%SZ}"
-
-
-def is_kept_copy(name: str, dataset: str, prefix: str) -> bool:
-    """Whether `name` is a kept copy of `dataset` (kept_name's shape exactly:
-    tank/a-b-pvezfsha-diverged-... is tank/a-b's, never tank/a's)."""
-    return re.fullmatch(re.escape(f"{dataset}-{prefix}-diverged-") + r"\d{8}T\d{6}Z", name) is not None
 
 
 def keep_diverged(dataset: str, base_guid: int, prefix: str, node: str,

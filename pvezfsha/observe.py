@@ -82,9 +82,9 @@ def _record(ctx: SyncContext, ct: Container, epoch: int, results) -> None:
     local = ctx.cluster.local_node()
     now = time.time()
     kept: dict[str, str] = {}
-    listed: dict = {}
+    here = status.Local([ds.on(local) for ds in ct.datasets])
     for ds in ct.datasets:
-        kept.update(status.kept_for(ds.on(local), ct.options.snapshot_prefix, listed))
+        kept.update(here.kept(ds.on(local), ct.options.snapshot_prefix))
     # The timer and the agent may both finish a cycle of this container.
     with node_lock(f"health-{ct.ctid}"):
         prev = ctx.store.read_health(ct.ctid, local)

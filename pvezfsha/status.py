@@ -6,8 +6,9 @@ answers in well under a second and works while a peer is down:
   common snapshot and when it last held everything, which is the lag;
 - the health files (health.py): how the primary's cycles are going, and the
   diverged copies each node keeps;
-- this node: its datasets (one channel program each, never per snapshot),
-  the copies kept here, and a transfer running here (progress.py).
+- this node: its datasets and the copies kept beside them (one `zfs get`
+  of their parents, never per snapshot; zfscli.py says why not through
+  libzfs_core), and a transfer running here (progress.py).
 
 `judge` turns those facts into one state per dataset and standby; it is
 pure, and the metrics and the alerts use it too.
@@ -21,15 +22,15 @@ import sys
 import time
 from dataclasses import dataclass
 
-from pvezfsha import progress, zfs
+from pvezfsha import progress, zfscli
 from pvezfsha.cluster import Cluster
 from pvezfsha.config import Config
-from pvezfsha.divergence import KEPT_PROP, is_kept_copy
 from pvezfsha.health import Health, Link
 from pvezfsha.record import Replica
 from pvezfsha.record_store import RecordError, RecordStore
 from pvezfsha.role import role_of
 from pvezfsha.takeover import fmt_age
+from pvezfsha.versions import KEPT_PROP, is_kept_copy
 
 SCHEMA = "pvezfsha-status/1"
 STATES = ("ok", "transferring", "lagging", "diverged", "error", "unknown")
@@ -109,7 +110,9 @@ def collect(cfg: Config, ctids: list[int], cluster: Cluster, now: float | None =
     now = time.time() if now is None else now
     store = RecordStore(cluster.root)
     out = {"schema": SCHEMA, "node": local, "time": now, "containers": []}
-    for ct in cfg.select(ctids):
+    selected = cfg.select(ctids)
+    here = Local([ds.on(local) for ct in selected for ds in ct.datasets])
+    for ct in selected:
         c = {"ctid": ct.ctid, "primary": None, "epoch": 0, "role": "?", "error": None, "datasets": []}
         out["containers"].append(c)
         try:
@@ -124,18 +127,11 @@ def collect(cfg: Config, ctids: list[int], cluster: Cluster, now: float | None =
         if ph is not None and (ph.epoch != role.epoch or not ph.primary):
             ph = None                       # an older primary's facts
         prefix = ct.options.snapshot_prefix
-        listed: dict = {}       # one listing per parent dataset
         for ds in ct.datasets:
             name = ds.on(local)
-            d = {"dataset": ds.name, "local": name, "exists": None, "readonly": None, "resumable": None,
-                 "newest": None, "kept": kept_for(name, prefix, listed), "error": None, "standbys": []}
+            d = {"dataset": ds.name, "local": name, "newest": None, "kept": here.kept(name, prefix),
+                 **here.facts(name), "standbys": []}
             c["datasets"].append(d)
-            try:
-                q = zfs.quick_state(name)
-                d.update(exists=q.exists, readonly=q.readonly if q.exists else None,
-                         resumable=q.resumable if q.exists else None)
-            except Exception as e:  # one broken dataset must not hide the others
-                d["error"] = str(e)
             newest = rec.replicas.get(role.primary or "", {}).get(ds.name) if rec else None
             if newest is not None:
                 d["newest"] = {"snapshot": newest.snapshot, "guid": f"{newest.guid:016x}", "created": newest.created}
@@ -232,27 +228,48 @@ def render(doc: dict, colour: bool = False) -> str:
     return "\n".join(out)
 
 
-def kept_for(dataset: str, prefix: str, cache: dict | None = None) -> dict[str, str]:
-    """Diverged states kept beside `dataset` (divergence.py names them).
-    `cache` shares one listing of a parent among its datasets."""
-    parent = dataset.rsplit("/", 1)[0] if "/" in dataset else dataset
-    cache = {} if cache is None else cache
-    if parent not in cache:
+def _parent(dataset: str) -> str:
+    return dataset.rsplit("/", 1)[0] if "/" in dataset else dataset
+
+
+class Local:
+    """What this node's ZFS says of some datasets and the copies kept beside
+    them: one `zfs get` of their parents (a pool's root is its own)."""
+
+    PROPS = ["readonly", "receive_resume_token", KEPT_PROP]
+
+    def __init__(self, datasets: list[str]):
         try:
-            cache[parent] = zfs.children_with_prop(parent, KEPT_PROP)
-        except Exception:  # listing is a courtesy here; status must still print
-            cache[parent] = {}
-    return {k: v for k, v in sorted(cache[parent].items()) if is_kept_copy(k, dataset, prefix)}
+            self._props, self._errors = zfscli.family_props(sorted({_parent(n) for n in datasets}), self.PROPS)
+        except Exception as e:  # status must still print what pmxcfs knows
+            self._props, self._errors = {}, {_parent(n): str(e) for n in datasets}
+
+    def facts(self, dataset: str) -> dict:
+        err = self._errors.get(_parent(dataset))
+        if err is not None:
+            return {"exists": None, "readonly": None, "resumable": None, "error": err}
+        p = self._props.get(dataset)
+        if p is None:
+            return {"exists": False, "readonly": None, "resumable": None, "error": None}
+        return {"exists": True, "readonly": p.get("readonly", ("off", ""))[0] == "on",
+                "resumable": p.get("receive_resume_token", ("-", ""))[0] not in ("-", ""), "error": None}
+
+    def kept(self, dataset: str, prefix: str) -> dict[str, str]:
+        """Diverged states kept beside `dataset` (divergence.py names them)."""
+        return {name: p[KEPT_PROP][0] for name, p in sorted(self._props.items())
+                if p.get(KEPT_PROP, ("-", "-"))[1] != "-" and is_kept_copy(name, dataset, prefix)}
 
 
 def diverged(cfg: Config, ctids: list[int], cluster: Cluster | None = None) -> int:
     """What was kept, and the commands to look at it or bring it back."""
     local = (cluster or Cluster()).local_node()
     any_found = False
-    for ct in cfg.select(ctids):
+    selected = cfg.select(ctids)
+    here = Local([ds.on(local) for ct in selected for ds in ct.datasets])
+    for ct in selected:
         for ds in ct.datasets:
             name = ds.on(local)
-            for kept, info in kept_for(name, ct.options.snapshot_prefix).items():
+            for kept, info in here.kept(name, ct.options.snapshot_prefix).items():
                 any_found = True
                 mnt = "/mnt/" + kept.replace("/", "_")
                 # Commands to paste into a shell: a dataset name may hold a space.

@@ -293,13 +293,6 @@ return out
 """
 
 
-def children_with_prop(parent: str, prop: str) -> dict[str, str]:
-    """Direct children of `parent` that have user property `prop` set."""
-    res = _call(f"listing children of {parent}", lzc.lzc_channel_program_nosync, _b(_pool(parent)),
-                _CHILDREN_PROGRAM, params=[_b(parent), _b(prop)])
-    return {_s(k): _s(v) for k, v in (res or {}).items()}
-
-
 def list_bookmarks(dataset: str) -> list[Version]:
     raw = _call(f"listing bookmarks of {dataset}", lzc.lzc_get_bookmarks, _b(dataset),
                 [b"guid", b"createtxg", b"creation"])

@@ -6,7 +6,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from pvezfsha import config, status, zfs
+from pvezfsha import config, status, zfscli
 from pvezfsha.cluster import Cluster
 from pvezfsha.health import Link, Result, advance
 from pvezfsha.record import Record, Replica
@@ -85,11 +85,20 @@ max_staleness = "30m"
 """
 
 
+def local_zfs(monkeypatch, datasets, kept=None, errors=None):
+    """This node's ZFS as `zfs get -d 1` of the parents would show it."""
+    props = {n: {"readonly": ("off", "default"), "receive_resume_token": ("-", "-"),
+                 "pvezfsha:diverged": ("-", "-")} for n in datasets}
+    props.update({n: {"readonly": ("on", "local"), "receive_resume_token": ("-", "-"),
+                      "pvezfsha:diverged": (v, "local")} for n, v in (kept or {}).items()})
+    monkeypatch.setattr(zfscli, "family_props", lambda parents, wanted: (
+        {n: p for n, p in props.items() if n.rsplit("/", 1)[0] in parents}, errors or {}))
+
+
 @pytest.fixture
 def node(tmp_path, monkeypatch):
     root = pve_tree(tmp_path / "pve", nodes=("pve1", "pve2", "pve3"), local="pve1")
-    monkeypatch.setattr(zfs, "quick_state", lambda name, snaps=(): zfs.Quick(True, readonly=False))
-    monkeypatch.setattr(zfs, "children_with_prop", lambda parent, prop: {})
+    local_zfs(monkeypatch, ["tank/a", "tank/b", "tank/a-b"])
     monkeypatch.setattr(status.progress, "run_dir", lambda: tmp_path / "run")
     store = RecordStore(root)
     rec = Record(103, "pve1", 4, replicas={
@@ -112,6 +121,24 @@ def test_the_document_follows_its_schema_and_states(node):
                       ("tank/a", "pve3"): "lagging", ("tank/b", "pve3"): "unknown"}
     a2 = doc["containers"][0]["datasets"][0]["standbys"][0]
     assert (a2["lag_seconds"], a2["common"], a2["last_transfer_bytes"]) == (60.0, "s2", 100)
+
+
+def test_a_dataset_missing_on_the_primary_is_critical_and_says_so(node, monkeypatch):
+    cfg, cluster, _ = node
+    local_zfs(monkeypatch, ["tank/a"])
+    doc = status.collect(cfg, [], cluster, now=NOW)
+    b = doc["containers"][0]["datasets"][1]
+    assert (b["dataset"], b["exists"], b["error"]) == ("tank/b", False, None)
+    assert status.severity(doc) == CRITICAL and "tank/b" in status.render(doc, colour=False)
+
+
+def test_a_pool_that_cannot_be_read_is_an_error_of_its_datasets(node, monkeypatch):
+    cfg, cluster, _ = node
+    local_zfs(monkeypatch, [], errors={"tank": "I/O error"})
+    doc = status.collect(cfg, [], cluster, now=NOW)
+    jsonschema.validate(doc, SCHEMA)
+    assert [d["error"] for d in doc["containers"][0]["datasets"]] == ["I/O error", "I/O error"]
+    assert "CT 103 tank/a: I/O error" in status.check_line(doc)
 
 
 def test_check_is_one_line_with_the_worst_exit_code(node, capsys):
@@ -173,8 +200,8 @@ def test_kept_copies_on_another_node_come_from_its_health_file(node):
 
 def test_a_kept_copy_belongs_to_its_own_dataset_only(node, monkeypatch):
     cfg, cluster, store = node
-    monkeypatch.setattr(zfs, "children_with_prop", lambda parent, prop: {
-        "tank/a-pvezfsha-diverged-20261203T101500Z": "x", "tank/a-b-pvezfsha-diverged-20261203T101500Z": "y"})
+    local_zfs(monkeypatch, ["tank/a", "tank/a-b"], kept={"tank/a-pvezfsha-diverged-20261203T101500Z": "x",
+                                                        "tank/a-b-pvezfsha-diverged-20261203T101500Z": "y"})
     cfg = config.parse(CONF.replace('"tank/a", "tank/b"', '"tank/a", "tank/a-b"'), "t.toml")
     doc = status.collect(cfg, [], cluster, now=NOW)
     kept = {d["dataset"]: list(d["kept"]) for d in doc["containers"][0]["datasets"]}
