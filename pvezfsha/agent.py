@@ -45,7 +45,7 @@ from pvezfsha.cluster import Cluster
 from pvezfsha.config import Config, Container
 from pvezfsha.cycle import SyncContext, sync_container
 from pvezfsha.debounce import Debouncer
-from pvezfsha.engine import human_bytes
+from pvezfsha.units import human_bytes
 from pvezfsha.errors import PvezfshaError
 from pvezfsha.handoff import claim_agent, handoff_dir, take, waiting
 from pvezfsha.log import logger

@@ -129,7 +129,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 # The commands that go through libzfs_core on this node (doctor reports it as a check).
-_ZFS_COMMANDS = {"sync", "agent", "status", "receive", "promote", "demote", "diverged", "transfer"}
+# status and diverged read through the zfs command (zfscli.py says why).
+_ZFS_COMMANDS = {"sync", "agent", "receive", "promote", "demote", "transfer"}
 
 
 def _require(args: argparse.Namespace) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +35,7 @@ class Cluster:
         # pmxcfs writes the local node name into .members; the hostname is
         # what PVE itself falls back to (PVE::INotify::nodename).
         name = self._json(".members").get("nodename")
-        return name or socket.gethostname().split(".")[0]
+        return name or os.uname().nodename.split(".")[0]
 
     def members(self) -> dict[str, Member]:
         nodes = self._json(".members").get("nodelist", {}) or {}

@@ -41,7 +41,8 @@ from pvezfsha import faults, zfs, zfscli
 from pvezfsha.errors import ZfsError
 from pvezfsha.log import logger
 from pvezfsha.replica import INERT
-from pvezfsha.versions import KEPT_PROP, ZIL_RESET_PROP, diverged_name, kept_name
+from pvezfsha.kept import KEPT_PROP, kept_name
+from pvezfsha.versions import ZIL_RESET_PROP, diverged_name
 
 # Local properties that are not carried to the swapped-in copy: set by the
 # swap itself, fixed at creation (a clone takes them from its origin), or

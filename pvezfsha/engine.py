@@ -22,7 +22,8 @@ from pvezfsha.config import Options
 from pvezfsha.errors import ZfsError
 from pvezfsha.log import logger
 from pvezfsha.planner import Conflict, Plan, Step, kept_for_clones, plan_prune, plan_replication
-from pvezfsha.progress import Progress, human_bytes
+from pvezfsha.progress import Progress
+from pvezfsha.units import human_bytes
 from pvezfsha.state import first_time
 from pvezfsha.transport import Session
 from pvezfsha.versions import HOLD_LAST, KEYLOCATION, DatasetState, Version, cursor_name, cursor_node, step_hold

@@ -16,18 +16,11 @@ import time
 from pathlib import Path
 
 from pvezfsha.state import run_dir, write_atomically
+from pvezfsha.units import human_bytes
 
 LOG_EVERY = 30.0    # seconds between journal lines
 FILE_EVERY = 5.0    # seconds between updates of the live file
 BAR_EVERY = 0.5
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
 
 
 def progress_dir() -> Path:

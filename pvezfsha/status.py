@@ -29,8 +29,8 @@ from pvezfsha.health import Health, Link
 from pvezfsha.record import Replica
 from pvezfsha.record_store import RecordError, RecordStore
 from pvezfsha.role import role_of
-from pvezfsha.takeover import fmt_age
-from pvezfsha.versions import KEPT_PROP, is_kept_copy
+from pvezfsha.kept import KEPT_PROP, is_kept_copy
+from pvezfsha.units import fmt_age
 
 SCHEMA = "pvezfsha-status/1"
 STATES = ("ok", "transferring", "lagging", "diverged", "error", "unknown")

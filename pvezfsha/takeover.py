@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from pvezfsha.record import Record
+from pvezfsha.units import fmt_age
 from pvezfsha.versions import DatasetState
 
 
@@ -128,17 +129,6 @@ def judge(age: float | None, max_staleness: float, on_stale: str, force: bool = 
         return Verdict(True, True, f"{desc}; starting anyway (on_stale = warn): writes after that are not here")
     return Verdict(False, False, f"{desc}; refusing (on_stale = refuse). HA may try another node; "
                                  f"to accept this replica run `pvezfsha promote <ctid> --force`")
-
-
-def fmt_age(seconds: float) -> str:
-    s = int(seconds)
-    if s < 120:
-        return f"{s}s"
-    if s < 7200:
-        return f"{s // 60}m{s % 60:02d}s"
-    if s < 2 * 86400:
-        return f"{s // 3600}h{(s % 3600) // 60:02d}m"
-    return f"{s // 86400}d{(s % 86400) // 3600:02d}h"
 
 
 def peer_bases(local: str, nodes: tuple[str, ...], prev: str | None, pulled_from: str | None,

@@ -21,14 +21,15 @@ from dataclasses import dataclass, field
 from pvezfsha import faults, replica, state, zfs
 from pvezfsha.cluster import Cluster
 from pvezfsha.config import Config, Container
-from pvezfsha.engine import human_bytes, move_cursor
+from pvezfsha.engine import move_cursor
 from pvezfsha.errors import PvezfshaError
 from pvezfsha.log import logger
 from pvezfsha.peers import Peers, try_holdings
 from pvezfsha.record import Record
 from pvezfsha.record_store import RecordError, RecordStore
-from pvezfsha.takeover import (Case, Holding, Situation, classify, fmt_age, freshest, judge, peer_bases,
+from pvezfsha.takeover import (Case, Holding, Situation, classify, freshest, judge, peer_bases,
                                replica_age)
+from pvezfsha.units import fmt_age, human_bytes
 from pvezfsha.versions import DatasetState, newest_replication
 
 

@@ -168,20 +168,6 @@ def diverged_name(prefix: str, when: dt.datetime) -> str:
     return f"{prefix}-{DIVERGED}_{when.astimezone(dt.timezone.utc):%Y%m%dT%H%M%SZ}"
 
 
-# A dataset's diverged state, kept beside it (divergence.py): its name, and
-# the user property on it that says what it is (base and time), for `status`.
-KEPT_PROP = "pvezfsha:diverged"
-
-
-def kept_name(dataset: str, prefix: str, when: dt.datetime) -> str:
-    return f"{dataset}-{prefix}-diverged-{when.astimezone(dt.timezone.utc):%Y%m%dT%H%M%SZ}"
-
-
-def is_kept_copy(name: str, dataset: str, prefix: str) -> bool:
-    """Whether `name` is a kept copy of `dataset` (kept_name's shape exactly:
-    tank/a-b-pvezfsha-diverged-... is tank/a-b's, never tank/a's)."""
-    return re.fullmatch(re.escape(f"{dataset}-{prefix}-diverged-") + r"\d{8}T\d{6}Z", name) is not None
-
 
 def step_hold(node: str) -> str:
     return f"{HOLD_STEP}-{node}"

@@ -43,9 +43,21 @@ def test_every_command_without_loguru_is_the_same_line(tmp_path):
 
 
 def test_a_zfs_command_without_libzfs_core_is_one_line_naming_python3_pyzfs(tmp_path):
-    for args in (["status"], ["sync"], ["receive"], ["diverged"], ["promote", "101"]):
+    for args in (["sync"], ["receive"], ["promote", "101"]):
         p = run_without(["libzfs_core"], "--config", str(tmp_path / "none.toml"), *args)
         assert_one_line(p, PYZFS)
+
+
+def test_status_and_diverged_need_no_libzfs_core(tmp_path):
+    # They read through the zfs command: importing libzfs_core (cffi parsing
+    # its C declarations) took longer than all the rest of a status.
+    for args in (["status"], ["status", "--check"], ["diverged"]):
+        p = run_without(["libzfs_core"], "--config", str(tmp_path / "none.toml"), *args)
+        assert "missing Python module" not in p.stderr and "none.toml: no such file" in p.stderr, p.stderr
+    p = subprocess.run([sys.executable, "-c", "import sys, pvezfsha.cli, pvezfsha.status; "
+                        "print(sorted(m for m in sys.modules if m in ('pvezfsha.zfs', 'libzfs_core')))"],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert p.stdout.strip() == "[]", p.stdout + p.stderr
 
 
 def test_without_both_loguru_is_named_first(tmp_path):
