@@ -10,7 +10,10 @@ stale replica.
 
 `step` is pure: the conditions now, and what was sent before, give what to
 send. A condition is sent when it starts, again every `repeat` while it
-lasts, and a recovery notice follows when it clears. Events with the same
+lasts, and a recovery notice follows when it clears. A primary's condition
+that stops being judged because the node is no longer the primary (a move,
+a takeover) gets a hand-over notice instead: it did not clear, the new
+primary judges it now. Events with the same
 key within an hour are sent once (HA retries a refused start). At most
 MAX_PER_HOUR messages leave a node in an hour; the rest go to the journal
 only, which every alert also does.
@@ -85,12 +88,20 @@ def conditions(doc: dict) -> list[Alert]:
     return out
 
 
-def step(memory: dict, active: list[Alert], ctids: set[int], now: float, repeat: float) -> tuple[list, dict]:
-    """(notices, new memory). A notice is ("firing" | "repeat" | "resolved", Alert).
+PRIMARY_KINDS = ("failing", "lagging")     # judged by the primary only (conditions)
+
+
+def step(memory: dict, active: list[Alert], ctids: set[int], now: float, repeat: float,
+         primary_of: set[int] | None = None) -> tuple[list, dict]:
+    """(notices, new memory). A notice is ("firing" | "repeat" | "resolved" |
+    "handed-over", Alert).
 
     Only conditions of `ctids` are judged: a cycle of one container must not
-    resolve another's. `memory` maps a key to {"since", "sent", "alert"}.
+    resolve another's. `primary_of` (default: all of `ctids`) are those this
+    node is the primary of; a primary's condition of another container is
+    handed over, not resolved. `memory` maps a key to {"since", "sent", "alert"}.
     """
+    primary_of = ctids if primary_of is None else primary_of
     memory = {k: dict(v) for k, v in memory.items()}
     notices = []
     seen = set()
@@ -108,7 +119,8 @@ def step(memory: dict, active: list[Alert], ctids: set[int], now: float, repeat:
         if key.startswith("event/") or a.ctid not in ctids or key in seen:
             continue
         del memory[key]
-        notices.append(("resolved", a))
+        handed = key.startswith(tuple(k + "/" for k in PRIMARY_KINDS)) and a.ctid not in primary_of
+        notices.append(("handed-over" if handed else "resolved", a))
     return notices, memory
 
 
@@ -166,8 +178,9 @@ def review(cfg, doc: dict, now: float | None = None) -> None:
     and the events the hook queued."""
     now = time.time() if now is None else now
     ctids = {c["ctid"] for c in doc["containers"] if not c["error"]}
+    primary_of = {c["ctid"] for c in doc["containers"] if not c["error"] and c["primary"] == doc["node"]}
     with _memory() as d:
-        notices, new = step(d["alerts"], conditions(doc), ctids, now, cfg.alerts.repeat)
+        notices, new = step(d["alerts"], conditions(doc), ctids, now, cfg.alerts.repeat, primary_of)
         for kind, a in notices:
             if not _send(cfg, d, kind, a, doc["node"], now):
                 # Over the hourly cap: not sent, so not remembered as sent; the next review tries again.
@@ -225,19 +238,26 @@ def _flush(cfg, d: dict, node: str | None, now: float) -> None:
 
 def _send(cfg, d: dict, kind: str, a: Alert, node: str, now: float) -> bool:
     """False when the hourly cap holds it back. Delivery problems are journal lines."""
-    subject = f"[pvezfsha {node}] " + ("RESOLVED: " if kind == "resolved" else "") + a.summary
-    body = (f"The condition has cleared on {node}.\n\nIt was:\n{a.body}\n" if kind == "resolved"
-            else f"{a.body}\n")
+    tag = {"resolved": "RESOLVED: ", "handed-over": "HANDED OVER: "}.get(kind, "")
+    subject = f"[pvezfsha {node}] {tag}{a.summary}"
+    if kind == "resolved":
+        body = f"The condition has cleared on {node}.\n\nIt was:\n{a.body}\n"
+    elif kind == "handed-over":
+        body = (f"{node} is no longer the primary of CT {a.ctid}. This is not a recovery: the new primary judges "
+                f"this replication from now on, and alerts if the condition still holds.\n"
+                f"Look further: pvezfsha status {a.ctid}\n\nIt was:\n{a.body}\n")
+    else:
+        body = f"{a.body}\n"
     ok, d["sent"] = budget(d.get("sent", []), now)
     if not ok:
         logger.warning(f"alerts: more than {MAX_PER_HOUR} this hour; held back for now: {a.summary}")
         return False
-    (logger.info if kind == "resolved" else logger.warning)(f"alert ({kind}): {a.summary}")
+    (logger.info if kind in ("resolved", "handed-over") else logger.warning)(f"alert ({kind}): {a.summary}")
     if cfg.alerts.mail_to:
         mail(cfg.alerts.mail_to, subject, body)
     if cfg.alerts.webhook:
         webhook(cfg.alerts.webhook, {"node": node, "kind": kind, "key": a.key, "ctid": a.ctid,
-                                     "severity": "ok" if kind == "resolved" else a.severity,
+                                     "severity": {"resolved": "ok", "handed-over": "info"}.get(kind, a.severity),
                                      "summary": a.summary, "body": a.body, "time": now})
     return True
 

@@ -35,6 +35,18 @@ def test_a_cleared_condition_sends_one_recovery_notice():
     assert step(mem, [], {103}, 1200.0, DAY)[0] == []
 
 
+def test_a_primary_that_is_moved_away_hands_its_condition_over_and_never_says_resolved():
+    _, mem = step({}, [A], {103}, 0.0, DAY, primary_of={103})
+    sent, mem = step(mem, [], {103}, 600.0, DAY, primary_of=set())
+    assert sent == [("handed-over", A)] and mem == {}
+
+
+def test_a_kept_divergence_is_resolved_on_any_node_not_handed_over():
+    kept = Alert("diverged/103/tank/a-pvezfsha-diverged-20261203T101500Z", 103, "warning", "kept", "body")
+    _, mem = step({}, [kept], {103}, 0.0, DAY, primary_of=set())
+    assert step(mem, [], {103}, 600.0, DAY, primary_of=set())[0] == [("resolved", kept)]
+
+
 def test_a_cycle_of_one_container_does_not_resolve_anothers():
     _, mem = step({}, [A, B], {103, 104}, 0.0, DAY)
     sent, mem = step(mem, [A], {103}, 60.0, DAY)
@@ -113,6 +125,15 @@ def test_review_mails_root_and_posts_the_webhook_once_then_the_recovery(sinks):
     alerts.review(cfg, status_doc("ok", 0), now=120.0)
     assert [(g["kind"], g["severity"]) for g in got] == [("firing", "critical"), ("resolved", "ok")]
     assert "RESOLVED" in mailbox.read_text()
+
+
+def test_after_a_move_the_old_primary_hands_over_and_does_not_claim_a_recovery(sinks):
+    cfg, got, mailbox = sinks
+    alerts.review(cfg, status_doc(), now=0.0)
+    alerts.review(cfg, status_doc(primary="pve2"), now=60.0)     # pve1 is a standby now
+    assert [(g["kind"], g["severity"]) for g in got] == [("firing", "critical"), ("handed-over", "info")]
+    mail = mailbox.read_text()
+    assert "RESOLVED" not in mail and "HANDED OVER" in mail and "This is not a recovery" in mail
 
 
 def test_a_dead_webhook_or_no_mail_system_is_a_journal_line_not_a_failure(sinks, monkeypatch):
