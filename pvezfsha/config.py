@@ -123,6 +123,8 @@ class Options:
     bandwidth_limit: int = 0
     snapshot_prefix: str = "pvezfsha"
     send_flags: tuple[str, ...] = SEND_FLAGS
+    # Other tools' snapshots sent with ours (planner.carried): sanoid's by default.
+    replicate_snapshots: tuple[str, ...] = ("autosnap_*",)
     raw: str = "auto"  # auto: raw exactly when the dataset is encrypted
     ssh_connect_timeout: float = 10.0
     stall_timeout: float = 300.0
@@ -199,6 +201,7 @@ _OPTION_KEYS = {
     "bandwidth_limit": lambda v: parse_rate(v),
     "snapshot_prefix": lambda v: _match(v, _PREFIX, "a name of letters, digits and '-' (max 32)"),
     "send_flags": lambda v: _send_flags(v),
+    "replicate_snapshots": lambda v: _globs(v),
     "raw": lambda v: _choice("auto" if v == "auto" else {True: "always", False: "never"}.get(v, v),
                              ("auto", "always", "never")),
     "ssh_connect_timeout": lambda v: _positive(parse_duration(v)),
@@ -249,6 +252,22 @@ def _send_flags(v):
         raise ValueError("must be a list such as [\"large_blocks\", \"compress\"]")
     for flag in v:
         _choice(flag, SEND_FLAGS)
+    return tuple(dict.fromkeys(v))
+
+
+# A snapshot name's characters (OpenZFS zfs_namecheck.c) and glob's *?[]!.
+_GLOB = re.compile(r"[A-Za-z0-9_\-:. *?\[\]!]{1,255}")
+
+
+def _globs(v):
+    if not isinstance(v, list) or not all(isinstance(p, str) for p in v):
+        raise ValueError('must be a list of name patterns such as ["autosnap_*"]')
+    if len(v) > 32:
+        raise ValueError("at most 32 patterns")
+    for p in v:
+        if not _GLOB.fullmatch(p):
+            raise ValueError(f"{p!r} is not a snapshot name pattern (the part after @; "
+                             f"letters, digits, _-:. and space, with * ? [ ])")
     return tuple(dict.fromkeys(v))
 
 

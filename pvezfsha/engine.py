@@ -21,7 +21,8 @@ from pvezfsha import zfs, zfscli
 from pvezfsha.config import Options
 from pvezfsha.errors import ZfsError
 from pvezfsha.log import logger
-from pvezfsha.planner import Conflict, Plan, Step, kept_for_clones, plan_prune, plan_replication
+from pvezfsha.planner import (Conflict, Plan, Step, kept_for_clones, plan_prune, plan_prune_carried,
+                              plan_replication)
 from pvezfsha.progress import Progress
 from pvezfsha.units import human_bytes
 from pvezfsha.state import first_time
@@ -98,7 +99,11 @@ class Replicator:
 
     def plan(self, src_ds: str, source: DatasetState, dst_ds: str) -> tuple[Plan | Conflict, DatasetState]:
         target = self.remote_state(dst_ds)
-        return plan_replication(source, target, self.options.snapshot_prefix, send_flags(self.options, source)), target
+        return self._plan(source, target), target
+
+    def _plan(self, source: DatasetState, target: DatasetState) -> Plan | Conflict:
+        return plan_replication(source, target, self.options.snapshot_prefix, send_flags(self.options, source),
+                                self.options.replicate_snapshots)
 
     def replicate(self, src_ds: str, dst_ds: str, source: DatasetState) -> Outcome:
         out = Outcome(src_ds, self.peer)
@@ -109,7 +114,7 @@ class Replicator:
                                        prefix=self.options.snapshot_prefix, **self.fence)
             out.kept = res["kept"]
             target = DatasetState.from_dict(res["state"])
-            plan = plan_replication(source, target, self.options.snapshot_prefix, send_flags(self.options, source))
+            plan = self._plan(source, target)
         if isinstance(plan, Conflict):
             raise ZfsError(f"{dst_ds} on {self.peer}: {plan.describe()}", kind=plan.kind)
         if plan.abort_resume:
@@ -137,7 +142,7 @@ class Replicator:
             # cursor exists, so the next no-op cycle needs no ssh at all.
             out.cursor_moved = self._move_cursor(src_ds, plan.base, source)
         out.seconds = time.monotonic() - t0
-        out.pruned = self._finish(dst_ds, target, done)
+        out.pruned = self._finish(dst_ds, target, done, source)
         return out
 
     @staticmethod
@@ -194,10 +199,11 @@ class Replicator:
     def _move_cursor(self, src_ds: str, to: Version, source: DatasetState) -> bool:
         return move_cursor(src_ds, self.options.snapshot_prefix, self.peer, to, source.bookmarks)
 
-    def _finish(self, dst_ds: str, target: DatasetState, done: list[Step]) -> int:
+    def _finish(self, dst_ds: str, target: DatasetState, done: list[Step], source: DatasetState) -> int:
         """One request: the last-received hold onto the newest snapshot, and
-        pruning, planned from the state read at the start plus what was sent
-        (no second listing of the standby)."""
+        pruning (ours past `keep`, carried ones the source no longer has),
+        planned from the state read at the start plus what was sent (no
+        second listing of the standby)."""
         received = tuple(Version(st.to.name, st.to.guid, createtxg=(1 << 62) + i, creation=st.to.creation)
                          for i, st in enumerate(done))
         after = DatasetState(dst_ds, True, snapshots=target.snapshots + received)
@@ -206,6 +212,10 @@ class Replicator:
             return 0
         held_last = [v.name for v in target.snapshots if HOLD_LAST in v.holds]
         doomed = plan_prune(after, self.options.snapshot_prefix, self.options.keep, {newest.guid})
+        # `source` is a full listing: load_state's short one (the cache) only
+        # goes with datasets every standby already holds, which never get here.
+        doomed += plan_prune_carried(after, source, self.options.snapshot_prefix, self.options.replicate_snapshots,
+                                     {newest.guid})
         for v in kept_for_clones(after, self.options.snapshot_prefix, self.options.keep):
             if first_time(f"clone-origin-{self.peer}-{v.guid:016x}"):
                 logger.warning(f"{dst_ds}@{v.name} on {self.peer} is kept past `keep`: a kept divergence "

@@ -21,6 +21,14 @@ ZFS limitations worked around here:
   flags recorded in the token; a token whose snapshots are gone from the
   source, or whose raw mode differs from ours, is aborted rather than fed a
   mismatching stream.
+* Other tools' snapshots (sanoid's hourlies, an admin's) are users' restore
+  points, and a failover must not leave them on the dead node. Those whose
+  names match `replicate_snapshots` are carried: sent in createtxg order in
+  the same chain as ours, each as its own `-i` step (a later sanoid prune of
+  one then costs nothing: no step ever depends on another tool keeping its
+  snapshot), and pruned on a standby once the source no longer has them.
+  Ours stay the chain's end: a cycle sends up to its own newest snapshot,
+  and a carried snapshot taken after it rides with the next cycle's.
 * An incremental receive without force fails with ETXTBSY when the target
   was modified or has snapshots after the base ("destination has been
   modified", the top complaint against every tool). We never receive with
@@ -31,6 +39,7 @@ ZFS limitations worked around here:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 
 from pvezfsha.versions import DatasetState, Version, is_replication_snapshot
 
@@ -119,23 +128,39 @@ def token_fits(state_src: DatasetState, target: DatasetState, flags: tuple[str, 
     return ("raw" in tok.flags) == ("raw" in flags)
 
 
+def carried(name: str, prefix: str, patterns: tuple[str, ...]) -> bool:
+    """Another tool's snapshot that replication carries: its name matches
+    one of `patterns` (globs, `replicate_snapshots`). Never one of ours,
+    which are sent anyway, nor a name our prefix marks (kept divergence)."""
+    if name.startswith((prefix + "_", prefix + "-")):
+        return False
+    return any(fnmatchcase(name, p) for p in patterns)
+
+
 def plan_replication(source: DatasetState, target: DatasetState, prefix: str,
-                     flags: tuple[str, ...]) -> Plan | Conflict:
-    """Steps that bring `target` up to the newest replication snapshot of `source`."""
-    repl = [s for s in source.snapshots if is_replication_snapshot(s.name, prefix)]
-    if not repl:
+                     flags: tuple[str, ...], carry: tuple[str, ...] = ()) -> Plan | Conflict:
+    """Steps that bring `target` up to the newest replication snapshot of
+    `source`, with the snapshots `carry` matches on the way (see `carried`)."""
+    ours = [s for s in source.snapshots if is_replication_snapshot(s.name, prefix)]
+    if not ours:
         return Plan((), reason="no replication snapshot on the source yet")
-    newest = repl[-1]
+    newest = ours[-1]
+    repl = [s for s in source.snapshots if s.createtxg <= newest.createtxg
+            and (is_replication_snapshot(s.name, prefix) or carried(s.name, prefix, carry))]
     src = source.by_guid()
     fits = token_fits(source, target, flags)
     abort = target.resume is not None and not fits
     tok = target.resume if fits else None
 
     if not target.exists or not target.snapshots:
+        # A carried history (sanoid's monthlies) reaches the standby from the
+        # start: the oldest carried snapshot in full, the others and our
+        # newest as increments. Our own older ones are of no use there.
+        first_sync = [v for v in repl if carried(v.name, prefix, carry)] + [newest]
         if tok is not None and tok.fromguid is None:
             # An interrupted full receive: finish it, then go on incrementally.
             first = Step(None, src[tok.toguid], resume_token=tok.token)
-            return Plan((first, *_chain(first.to, repl)), base=None, reason="resuming the initial full send")
+            return Plan((first, *_chain(first.to, first_sync)), base=None, reason="resuming the initial full send")
         if tok is not None:
             abort = True   # an incremental token on a target without its base
         force = False
@@ -143,8 +168,10 @@ def plan_replication(source: DatasetState, target: DatasetState, prefix: str,
             if target.referenced > EMPTY_PLACEHOLDER_BYTES:
                 return Conflict("no_common", sender_only=tuple(repl))
             force = True
-        return Plan((Step(None, newest, force=force),), base=None, abort_resume=abort,
-                    reason="initial full send of the newest snapshot")
+        first = Step(None, first_sync[0], force=force)
+        return Plan((first, *_chain(first.to, first_sync)), base=None, abort_resume=abort,
+                    reason="initial full send" + (f" and {len(first_sync) - 1} carried snapshot(s)"
+                                                  if len(first_sync) > 1 else " of the newest snapshot"))
 
     common = next((t for t in reversed(target.snapshots) if t.guid in src), None)
     if common is None:
@@ -174,6 +201,17 @@ def _chain(base: Version, repl: list[Version]) -> tuple[Step, ...]:
         steps.append(Step(prev, s))
         prev = s
     return tuple(steps)
+
+
+def plan_prune_carried(target: DatasetState, source: DatasetState, prefix: str, carry: tuple[str, ...],
+                       protect: set[int]) -> tuple[Version, ...]:
+    """Carried snapshots on a standby that the source no longer has (sanoid
+    pruned them there): pruned on the standby too. Never one the source
+    still has as a snapshot or a bookmark, never a protected guid (the newest
+    common one), never a held one or a clone origin."""
+    have = source.by_guid()
+    return tuple(s for s in target.snapshots if carried(s.name, prefix, carry) and s.guid not in have
+                 and s.guid not in protect and not s.holds and not s.clones)
 
 
 def plan_prune(state: DatasetState, prefix: str, keep: int, protect: set[int]) -> tuple[Version, ...]:

@@ -100,6 +100,20 @@ def test_unknown_send_flag():
     assert "send_flags" in error("[defaults]\nsend_flags=['dedup']\n")
 
 
+def test_sanoids_snapshots_are_carried_by_default_and_a_container_can_choose_others():
+    cfg = config.parse(GOOD + "replicate_snapshots = ['autosnap_*_daily', 'manual-*']\n", "t.toml")
+    assert config.parse(GOOD, "t.toml").defaults.replicate_snapshots == ("autosnap_*",)
+    assert cfg.containers[103].options.replicate_snapshots == ("autosnap_*_daily", "manual-*")
+    assert config.parse(GOOD + "replicate_snapshots = []\n", "t.toml").containers[103].options.replicate_snapshots == ()
+
+
+def test_a_snapshot_pattern_that_is_not_a_name_is_refused():
+    assert "replicate_snapshots: 'tank/a@x*' is not a snapshot name pattern" in error(
+        "[defaults]\nreplicate_snapshots=['tank/a@x*']\n")
+    assert "must be a list" in error("[defaults]\nreplicate_snapshots='autosnap_*'\n")
+    assert "must be a list" in error("[defaults]\nreplicate_snapshots=[1]\n")
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="no such file"):
         config.load(str(tmp_path / "nope.toml"))

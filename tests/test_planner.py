@@ -1,7 +1,8 @@
 """The replication planner, as a specification: both sides' state in, steps
 or a typed conflict out."""
 
-from pvezfsha.planner import EMPTY_PLACEHOLDER_BYTES, Conflict, Plan, plan_prune, plan_replication
+from pvezfsha.planner import (EMPTY_PLACEHOLDER_BYTES, Conflict, Plan, carried, plan_prune, plan_prune_carried,
+                              plan_replication)
 from pvezfsha.versions import ZIL_RESET_PROP, DatasetState, ResumeToken, Version
 
 P = "pvezfsha"
@@ -90,6 +91,57 @@ def test_other_tools_snapshots_are_not_sent_but_can_be_a_base():
     sanoid = s(2, name="autosnap_2026-11-01_00:00:02_hourly")
     plan = plan_replication(side(s(1), sanoid, s(3)), target(s(1), sanoid), P, FLAGS)
     assert [(st.from_.name, st.to.guid) for st in plan.steps] == [(sanoid.name, 1003)]
+
+
+SANOID = ("autosnap_*",)
+
+
+def hourly(i, **kw):
+    return s(i, name=f"autosnap_2026-11-01_00:00:{i:02d}_hourly", **kw)
+
+
+def test_carried_snapshots_ride_in_the_chain_in_createtxg_order():
+    plan = plan_replication(side(s(1), hourly(2), s(3), hourly(4), s(5)), target(s(1)), P, FLAGS, SANOID)
+    assert [(st.from_.guid, st.to.guid) for st in plan.steps] == [(1001, 1002), (1002, 1003), (1003, 1004),
+                                                                   (1004, 1005)]
+
+
+def test_a_snapshot_no_pattern_matches_is_not_carried():
+    manual = s(2, name="before-upgrade")
+    plan = plan_replication(side(s(1), manual, s(3)), target(s(1)), P, FLAGS, SANOID)
+    assert [st.to.guid for st in plan.steps] == [1003]
+
+
+def test_a_carried_snapshot_taken_after_our_newest_waits_for_the_next_cycle():
+    plan = plan_replication(side(s(1), s(2), hourly(3)), target(s(1)), P, FLAGS, SANOID)
+    assert [st.to.guid for st in plan.steps] == [1002]
+
+
+def test_a_first_sync_sends_the_oldest_carried_snapshot_in_full_and_skips_our_older_ones():
+    plan = plan_replication(side(hourly(1), s(2), hourly(3), s(4), s(5)), DatasetState("t", exists=False),
+                            P, FLAGS, SANOID)
+    assert [(st.from_.guid if st.from_ else None, st.to.guid) for st in plan.steps] == [
+        (None, 1001), (1001, 1003), (1003, 1005)]
+
+
+def test_names_our_prefix_marks_are_never_carried_whatever_the_pattern():
+    assert not carried(f"{P}-diverged_20261101T000000Z", P, ("*",))
+    assert not carried(name(1), P, ("*",))
+    assert carried("autosnap_2026-11-01_00:00:01_hourly", P, SANOID)
+    assert not carried("zfs-auto-snap_hourly-2026", P, SANOID)
+
+
+def test_a_standby_prunes_the_carried_snapshots_the_source_no_longer_has():
+    src = side(hourly(2), s(3), bookmarks=[bm(1)])
+    dst = target(s(1), hourly(2), hourly(3, guid=7777), s(3))
+    assert [v.guid for v in plan_prune_carried(dst, src, P, SANOID, set())] == [7777]
+
+
+def test_a_standby_never_prunes_a_protected_held_or_uncarried_snapshot():
+    src = side(s(5))
+    dst = side(hourly(1, holds=("keep",)), hourly(2), s(3, name="before-upgrade"), hourly(4), s(5))
+    assert plan_prune_carried(dst, src, P, SANOID, {1002, 1004}) == ()
+    assert [v.guid for v in plan_prune_carried(dst, src, P, SANOID, {1002})] == [1004]
 
 
 def test_target_snapshots_after_the_base_are_a_divergence():

@@ -77,7 +77,10 @@ def test_no_quorum_refuses_the_start(group):
 def test_crash_failover_keeps_what_was_sent_and_the_returning_primary_keeps_its_writes(group):
     L = lab()
     group.write("replicated.bin", 4)
+    hourly = f"{group.ds}@autosnap_2026-12-03_08:00:00_hourly"     # sanoid's restore point, carried
+    sh("pve1", ["zfs", "snapshot", hourly])
     group.sync()
+    hourly_guid = zfs_get("pve1", "guid", hourly)
     group.write("lost-in-the-crash.bin", 2)
     sh("pve1", ["zpool", "sync", "tank"])   # on pve1's disk, never sent
     sh("pve1", ["sync"])   # the config file too: a real node has had it for long
@@ -98,6 +101,7 @@ def test_crash_failover_keeps_what_was_sent_and_the_returning_primary_keeps_its_
     files = live_checksums("pve2", group.mnt)
     assert "./replicated.bin" in files and "./lost-in-the-crash.bin" not in files
     assert group.record("pve2")["primary"] == "pve2"
+    assert zfs_get("pve2", "guid", hourly) == hourly_guid     # the restore point survived the failover
     group.write("new-on-pve2.bin", 1, node="pve2")
 
     # pve1 comes back: pool imported, its dataset still writable with the lost file.

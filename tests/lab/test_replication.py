@@ -34,6 +34,45 @@ def test_every_intermediate_snapshot_is_sent_in_order(group):
     assert [n.split("@")[1] for n, _ in src[-3:]] == names
 
 
+def sanoid(i: int) -> str:
+    return f"autosnap_2026-12-03_{i:02d}:00:00_hourly"
+
+
+def autosnaps(node: str, ds: str) -> dict[str, str]:
+    return {n.split("@")[1]: g for n, g in snapshots(node, ds) if "@autosnap_" in n}
+
+
+def test_sanoid_snapshots_reach_the_standby_with_their_guids_and_follow_its_pruning(group):
+    group.write("0.bin")
+    sh("pve1", ["zfs", "snapshot", f"{group.ds}@{sanoid(0)}"])   # history from before the first sync
+    group.write("1.bin")
+    p = group.sync()
+    assert f"full @{sanoid(0)}" in p.stderr and "2 snapshot(s)" in p.stderr, p.stderr
+    for i in (1, 2):                                              # sanoid, between two cycles
+        sh("pve1", ["zfs", "snapshot", f"{group.ds}@{sanoid(i)}"])
+        group.write(f"{i + 1}.bin")
+    group.sync()
+    src = autosnaps("pve1", group.ds)
+    assert len(src) == 3 and autosnaps("pve2", group.ds) == src
+    assert checksums("pve2", group.ds, sanoid(1)) == checksums("pve1", group.ds, sanoid(1))
+    # sanoid prunes one on the primary: the standby follows at the next cycle.
+    sh("pve1", ["zfs", "destroy", f"{group.ds}@{sanoid(1)}"])
+    group.write("4.bin")
+    p = group.sync()
+    assert autosnaps("pve2", group.ds) == {k: v for k, v in src.items() if k != sanoid(1)}, p.stderr
+    assert checksums("pve2", group.ds) == checksums("pve1", group.ds)
+
+
+def test_an_empty_replicate_snapshots_sends_only_pvezfshas_own(group):
+    group.write_config("pve1", defaults={"replicate_snapshots": []})
+    group.write("0.bin")
+    sh("pve1", ["zfs", "snapshot", f"{group.ds}@{sanoid(0)}"])
+    group.write("1.bin")
+    group.sync()
+    assert autosnaps("pve1", group.ds) and not autosnaps("pve2", group.ds)
+    assert checksums("pve2", group.ds) == checksums("pve1", group.ds)
+
+
 def test_interrupted_transfer_resumes_and_sends_less_than_the_total(group):
     group.write("big.bin", 48)
     group.write_config("pve1", defaults={"bandwidth_limit": "2M"})
