@@ -28,6 +28,12 @@ it is remounted once the rename changes where it would mount): the mount
 writes a few KiB, so the receive that follows fails as "destination
 modified", and the next cycle keeps a second, empty copy.
 
+One exception: when D has no writes of its own since the base and every
+snapshot after it holds nothing (`written` 0: sanoid or an admin took it of
+the unchanged read-only replica), there is nothing to keep. Those
+snapshots are destroyed, checked by guid, and the warning names them; a
+clone would only hide a harmless mistake behind a "diverged" alert.
+
 Every step is re-entrant: a run killed between any two of them (the lab
 kills it at each `faults.point`) is finished by the next call, which finds
 the swap clone T and knows from the origins how far the last one got.
@@ -76,6 +82,14 @@ def keep_diverged(dataset: str, base_guid: int, prefix: str, node: str,
     base = next((s for s in st.snapshots if s.guid == base_guid), None)
     if base is None:
         raise ZfsError(f"{dataset}: the common snapshot (guid {base_guid:x}) is gone")
+    empty = _empty_after(dataset, st, base)
+    if empty:
+        zfs.destroy_snapshots([f"{dataset}@{s.name}" for s in empty])
+        names = ", ".join("@" + s.name for s in empty)
+        logger.warning(f"{dataset}: {len(empty)} snapshot(s) taken here after the common @{base.name} held "
+                       f"nothing of their own ({names}): pruned, nothing was lost. A standby's snapshots are "
+                       f"a mistake: take them on the primary only (sanoid: see the README)")
+        return {"kept": None, "base": base.name, "snapshots": [], "pruned": [s.name for s in empty]}
     if st.resume is not None:
         zfs.abort_receive(dataset)
     if st.mounted:
@@ -94,6 +108,17 @@ def keep_diverged(dataset: str, base_guid: int, prefix: str, node: str,
     result = _swap(dataset, tmp, prefix, node, now)
     result["snapshots"] = kept_snaps
     return result
+
+
+def _empty_after(dataset: str, st, base) -> list:
+    """The snapshots after `base`, if they and the head hold nothing that
+    `base` does not: no writes since, each `written` 0, none held or
+    cloned. Otherwise []: the divergence is real, and kept."""
+    after = [s for s in st.snapshots if s.createtxg > base.createtxg]
+    if not after or st.modified or st.resume is not None or any(s.holds or s.clones for s in after):
+        return []
+    written = zfs.snapshots_written(dataset, [s.name for s in after])
+    return after if all(written.get(s.name) == 0 for s in after) else []
 
 
 def swap_pending(dataset: str, prefix: str) -> bool:

@@ -113,6 +113,10 @@ class Replicator:
             res = self.session.request("keep_diverged", dataset=dst_ds, base_guid=plan.base.guid,
                                        prefix=self.options.snapshot_prefix, **self.fence)
             out.kept = res["kept"]
+            if res.get("pruned"):
+                logger.warning(f"{dst_ds} on {self.peer}: its own snapshot(s) after the common one held nothing "
+                               f"and were pruned, nothing was lost: "
+                               f"{', '.join('@' + n for n in res['pruned'])}")
             target = DatasetState.from_dict(res["state"])
             plan = self._plan(source, target)
         if isinstance(plan, Conflict):

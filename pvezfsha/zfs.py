@@ -398,6 +398,26 @@ def release(holds: dict[str, list[str]]) -> None:
         _call("release", lzc.lzc_release, {_b(k): [_b(t) for t in v] for k, v in holds.items()})
 
 
+_WRITTEN_PROGRAM = b"""
+args = ...
+local ds = args["argv"][1]
+local out = {}
+for i = 2, #args["argv"] do
+  local snap = ds .. "@" .. args["argv"][i]
+  if zfs.exists(snap) then out[args["argv"][i]] = zfs.get_prop(snap, "written") end
+end
+return out
+"""
+
+
+def snapshots_written(dataset: str, names: list[str]) -> dict[str, int]:
+    """Each snapshot's `written`: what was written between the snapshot
+    before it and it. A missing one is left out."""
+    res = _call(f"reading what snapshots of {dataset} hold", lzc.lzc_channel_program_nosync, _b(_pool(dataset)),
+                _WRITTEN_PROGRAM, params=[_b(dataset), *(_b(n) for n in names)])
+    return {_s(k): int(v) for k, v in (res or {}).items()}
+
+
 def destroy_snapshots(names: list[str]) -> None:
     """One call, one txg, however many snapshots."""
     if names:

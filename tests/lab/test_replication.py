@@ -213,3 +213,27 @@ def test_bad_config_is_rejected_with_a_clear_error_and_nothing_touched(group):
     lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and group.config in lines[0] and "keep" in lines[0], p.stderr
     assert snapshots("pve1", group.ds) == []
+
+
+def test_a_snapshot_taken_on_the_read_only_standby_is_pruned_not_kept_as_divergence(group):
+    group.write("a.bin")
+    group.sync()
+    sh("pve2", ["zfs", "snapshot", f"{group.ds}@{sanoid(9)}"])      # sanoid running on the standby by mistake
+    assert zfs_get("pve2", "written", f"{group.ds}@{sanoid(9)}") == "0"
+    group.write("b.bin")
+    p = group.sync()
+    assert "held nothing and were pruned" in p.stderr and f"@{sanoid(9)}" in p.stderr, p.stderr
+    assert not group.kept("pve2") and "kept as" not in p.stderr
+    assert sanoid(9) not in autosnaps("pve2", group.ds)
+    assert checksums("pve2", group.ds) == checksums("pve1", group.ds)
+
+
+def test_a_standby_snapshot_with_data_of_its_own_is_still_kept(group):
+    group.write("a.bin")
+    group.sync()
+    group.diverge("pve2")                                             # a write on the standby...
+    sh("pve2", ["zfs", "snapshot", f"{group.ds}@{sanoid(9)}"])      # ...then a snapshot of it
+    group.write("b.bin")
+    p = group.sync()
+    assert "kept as" in p.stderr and len(group.kept("pve2")) == 1, p.stderr
+    assert "./standby-only.txt" in checksums("pve2", group.kept("pve2")[0], sanoid(9))
