@@ -95,6 +95,9 @@ def parser() -> argparse.ArgumentParser:
                     help="machine-readable output (schema pvezfsha-status/1, packaging/status.schema.json)")
     st.add_argument("--check", action="store_true",
                     help="one line and a Nagios exit code: 0 ok, 1 warning, 2 critical, 3 unknown")
+    ip = sub.add_parser("is-primary", help="exit 0 when this node is the primary of every named container, else 1 "
+                                           "(for ExecCondition= of sanoid's units: snapshots on the primary only)")
+    ip.add_argument("ctids", nargs="+", type=_ctid, metavar="CTID")
     sub.add_parser("receive", help="receiving end of a sync, run over ssh by the primary")
     sub.add_parser("notify", help="send the alerts the hook queued (the hook starts it; every cycle does it too)")
     i = sub.add_parser("init", help="protect a container: map its ZFS bind mounts, write the config, show the diff")
@@ -213,6 +216,9 @@ def _main(argv: list[str] | None) -> int:
         if args.command == "diverged":
             from pvezfsha import status
             return status.diverged(cfg, args.ctids)
+        if args.command == "is-primary":
+            from pvezfsha import status
+            return status.is_primary(cfg, args.ctids)
         if args.command == "transfer":
             from pvezfsha import sync
             if args.stop:

@@ -286,6 +286,29 @@ def diverged(cfg: Config, ctids: list[int], cluster: Cluster | None = None) -> i
     return 0
 
 
+def is_primary(cfg: Config, ctids: list[int], cluster: Cluster | None = None) -> int:
+    """0 when this node is the primary of every one of `ctids` (the record
+    names it and the container is here), else 1: sanoid's units run with
+    `ExecCondition=pvezfsha is-primary CTID`, so that snapshots are taken
+    and pruned on the primary only (a standby's are divergence, or at best
+    pruned as empty)."""
+    cluster = cluster or Cluster()
+    local = cluster.local_node()
+    store = RecordStore(cluster.root)
+    rc = 0
+    for ct in cfg.select(ctids):
+        try:
+            role = role_of(cluster, store, ct.ctid)
+        except RecordError as e:
+            print(f"CT {ct.ctid}: {e}")
+            rc = 1
+            continue
+        print(f"CT {ct.ctid}: {local} is {role.describe(local)}")
+        if not role.is_primary(local):
+            rc = 1
+    return rc
+
+
 def run(cfg: Config, ctids: list[int], as_json: bool = False, check: bool = False,
         cluster: Cluster | None = None, now: float | None = None) -> int:
     doc = collect(cfg, ctids, cluster or Cluster(), now)

@@ -40,7 +40,7 @@ def test_every_installed_source_file_exists():
 def test_man_page_and_completion_cover_every_command():
     man = (ROOT / "packaging/pvezfsha.8").read_text()
     completion = (ROOT / "packaging/bash-completion/pvezfsha").read_text()
-    documented = set(re.findall(r"^\.BR? (\w+)", man, re.M))
+    documented = {c.replace("\\-", "-") for c in re.findall(r"^\.BR? ((?:\w|\\-)+)", man, re.M)}
     assert commands() <= documented, commands() - documented
     listed = set(re.search(r'commands="([^"]+)"', completion).group(1).split())
     assert commands() == listed

@@ -207,3 +207,22 @@ def test_a_kept_copy_belongs_to_its_own_dataset_only(node, monkeypatch):
     kept = {d["dataset"]: list(d["kept"]) for d in doc["containers"][0]["datasets"]}
     assert kept == {"tank/a": ["tank/a-pvezfsha-diverged-20261203T101500Z"],
                     "tank/a-b": ["tank/a-b-pvezfsha-diverged-20261203T101500Z"]}
+
+
+def test_is_primary_is_true_only_where_the_record_names_this_node_and_the_container_runs(tmp_path, capsys):
+    cfg = config.parse(CONF, "t.toml")
+    for local, owner, recorded, rc in (("pve1", "pve1", "pve1", 0), ("pve2", "pve1", "pve1", 1),
+                                       ("pve2", "pve2", "pve1", 1), ("pve1", "pve1", None, 0)):
+        root = pve_tree(tmp_path / f"{local}{owner}{recorded}", nodes=("pve1", "pve2", "pve3"), local=local,
+                        owner=owner)
+        if recorded:
+            RecordStore(root).write(Record(103, recorded, 1))
+        assert status.is_primary(cfg, [103], Cluster(root)) == rc, (local, owner, recorded)
+    assert "pve1 is primary" in capsys.readouterr().out
+
+
+def test_is_primary_of_a_damaged_record_is_false(tmp_path, capsys):
+    root = pve_tree(tmp_path / "pve", nodes=("pve1", "pve2", "pve3"))
+    (root / "priv" / "pvezfsha").mkdir(parents=True)
+    (root / "priv" / "pvezfsha" / "103.json").write_text("{damaged")
+    assert status.is_primary(config.parse(CONF, "t.toml"), [103], Cluster(root)) == 1

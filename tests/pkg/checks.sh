@@ -34,8 +34,8 @@ check "hookscript snippet is 0755 root" mode_is /var/lib/vz/snippets/pvezfsha-ho
 check "example config is 0644 and a conffile" sh -c \
   'stat -c %a /etc/pvezfsha/pvezfsha.toml | grep -qx 644 && dpkg-query -W -f="\${Conffiles}" pvezfsha | grep -q " /etc/pvezfsha/pvezfsha.toml "'
 check "man page pvezfsha(8) installed" test -s /usr/share/man/man8/pvezfsha.8.gz
-check "man page covers every command" sh -c 'for c in sync status receive init doctor hook promote demote diverged transfer; do
-  zcat /usr/share/man/man8/pvezfsha.8.gz | grep -q "^\.B.* $c\|^\.BR $c\|^\.B $c" || { echo "missing $c"; exit 1; }; done'
+check "man page covers every command" sh -c 'for c in sync status receive init doctor hook promote demote diverged is-primary transfer; do
+  zcat /usr/share/man/man8/pvezfsha.8.gz | sed "s/\\\\-/-/g" | grep -q "^\.B.* $c\|^\.BR $c\|^\.B $c" || { echo "missing $c"; exit 1; }; done'
 check "bash completion installed" test -s /usr/share/bash-completion/completions/pvezfsha
 check "systemd units installed" test -s /lib/systemd/system/pvezfsha-sync.timer -a -s /lib/systemd/system/pvezfsha-sync.service
 check "timer enabled" test -L /etc/systemd/system/timers.target.wants/pvezfsha-sync.timer
