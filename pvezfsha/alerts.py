@@ -92,14 +92,16 @@ PRIMARY_KINDS = ("failing", "lagging")     # judged by the primary only (conditi
 
 
 def step(memory: dict, active: list[Alert], ctids: set[int], now: float, repeat: float,
-         primary_of: set[int] | None = None) -> tuple[list, dict]:
+         primary_of: set[int] | None = None, unjudged: tuple[str, ...] = ()) -> tuple[list, dict]:
     """(notices, new memory). A notice is ("firing" | "repeat" | "resolved" |
     "handed-over", Alert).
 
     Only conditions of `ctids` are judged: a cycle of one container must not
     resolve another's. `primary_of` (default: all of `ctids`) are those this
     node is the primary of; a primary's condition of another container is
-    handed over, not resolved. `memory` maps a key to {"since", "sent", "alert"}.
+    handed over, not resolved. Keys that start with one of `unjudged` (a
+    dataset this node could not read) are left as they are. `memory` maps a
+    key to {"since", "sent", "alert"}.
     """
     primary_of = ctids if primary_of is None else primary_of
     memory = {k: dict(v) for k, v in memory.items()}
@@ -116,7 +118,7 @@ def step(memory: dict, active: list[Alert], ctids: set[int], now: float, repeat:
             notices.append(("repeat", a))
     for key, m in list(memory.items()):
         a = Alert(**m["alert"])
-        if key.startswith("event/") or a.ctid not in ctids or key in seen:
+        if key.startswith("event/") or a.ctid not in ctids or key in seen or key.startswith(unjudged):
             continue
         del memory[key]
         handed = key.startswith(tuple(k + "/" for k in PRIMARY_KINDS)) and a.ctid not in primary_of
@@ -179,8 +181,11 @@ def review(cfg, doc: dict, now: float | None = None) -> None:
     now = time.time() if now is None else now
     ctids = {c["ctid"] for c in doc["containers"] if not c["error"]}
     primary_of = {c["ctid"] for c in doc["containers"] if not c["error"] and c["primary"] == doc["node"]}
+    # A dataset ZFS could not read here shows no kept copies: not a recovery.
+    unjudged = tuple(f"diverged/{c['ctid']}/{d['local']}-" for c in doc["containers"] for d in c["datasets"]
+                     if d.get("error"))
     with _memory() as d:
-        notices, new = step(d["alerts"], conditions(doc), ctids, now, cfg.alerts.repeat, primary_of)
+        notices, new = step(d["alerts"], conditions(doc), ctids, now, cfg.alerts.repeat, primary_of, unjudged)
         for kind, a in notices:
             if not _send(cfg, d, kind, a, doc["node"], now):
                 # Over the hourly cap: not sent, so not remembered as sent; the next review tries again.

@@ -28,11 +28,14 @@ it is remounted once the rename changes where it would mount): the mount
 writes a few KiB, so the receive that follows fails as "destination
 modified", and the next cycle keeps a second, empty copy.
 
-One exception: when D has no writes of its own since the base and every
-snapshot after it holds nothing (`written` 0: sanoid or an admin took it of
-the unchanged read-only replica), there is nothing to keep. Those
-snapshots are destroyed, checked by guid, and the warning names them; a
-clone would only hide a harmless mistake behind a "diverged" alert.
+One exception: when D has no writes of its own since the base, and every
+snapshot after it is one replication makes (ours, or a name
+`replicate_snapshots` carries: sanoid run on a standby by mistake) and
+holds nothing (`written` 0 on the unchanged read-only replica), there is
+nothing to keep. Those snapshots are destroyed, each checked by guid, and
+the warning names them; a clone would only hide a harmless mistake behind a
+"diverged" alert. Any other name (an admin's @before-upgrade) is a point in
+time someone chose, and is kept as before.
 
 Every step is re-entrant: a run killed between any two of them (the lab
 kills it at each `faults.point`) is finished by the next call, which finds
@@ -48,7 +51,8 @@ from pvezfsha.errors import ZfsError
 from pvezfsha.log import logger
 from pvezfsha.replica import INERT
 from pvezfsha.kept import KEPT_PROP, kept_name
-from pvezfsha.versions import ZIL_RESET_PROP, diverged_name
+from pvezfsha.planner import carried
+from pvezfsha.versions import ZIL_RESET_PROP, diverged_name, is_replication_snapshot
 
 # Local properties that are not carried to the swapped-in copy: set by the
 # swap itself, fixed at creation (a clone takes them from its origin), or
@@ -68,7 +72,7 @@ def _tmp_name(dataset: str, prefix: str) -> str:
 
 
 def keep_diverged(dataset: str, base_guid: int, prefix: str, node: str,
-                  now: dt.datetime | None = None) -> dict:
+                  now: dt.datetime | None = None, carry: tuple[str, ...] = ()) -> dict:
     """Set D's diverged state aside; D ends as an unmodified copy of the base."""
     now = now or dt.datetime.now(dt.timezone.utc)
     tmp = _tmp_name(dataset, prefix)
@@ -82,7 +86,7 @@ def keep_diverged(dataset: str, base_guid: int, prefix: str, node: str,
     base = next((s for s in st.snapshots if s.guid == base_guid), None)
     if base is None:
         raise ZfsError(f"{dataset}: the common snapshot (guid {base_guid:x}) is gone")
-    empty = _empty_after(dataset, st, base)
+    empty = _empty_after(dataset, st, base, prefix, carry)
     if empty:
         zfs.destroy_snapshots([f"{dataset}@{s.name}" for s in empty])
         names = ", ".join("@" + s.name for s in empty)
@@ -110,15 +114,18 @@ def keep_diverged(dataset: str, base_guid: int, prefix: str, node: str,
     return result
 
 
-def _empty_after(dataset: str, st, base) -> list:
+def _empty_after(dataset: str, st, base, prefix: str, carry: tuple[str, ...]) -> list:
     """The snapshots after `base`, if they and the head hold nothing that
-    `base` does not: no writes since, each `written` 0, none held or
-    cloned. Otherwise []: the divergence is real, and kept."""
+    `base` does not (no writes since, each `written` 0, none held or
+    cloned) and each is a snapshot replication makes. Otherwise []: the
+    divergence is real, or someone's chosen point in time, and is kept."""
     after = [s for s in st.snapshots if s.createtxg > base.createtxg]
-    if not after or st.modified or st.resume is not None or any(s.holds or s.clones for s in after):
+    if (not after or st.modified or st.resume is not None or any(s.holds or s.clones for s in after)
+            or not all(is_replication_snapshot(s.name, prefix) or carried(s.name, prefix, carry) for s in after)):
         return []
-    written = zfs.snapshots_written(dataset, [s.name for s in after])
-    return after if all(written.get(s.name) == 0 for s in after) else []
+    facts = zfs.snapshot_props(dataset, [s.name for s in after], ["written", "guid"])
+    ok = all(facts.get(s.name, {}).get("written") == 0 and facts[s.name].get("guid") == s.guid for s in after)
+    return after if ok else []
 
 
 def swap_pending(dataset: str, prefix: str) -> bool:

@@ -218,15 +218,18 @@ class Replicator:
         doomed = plan_prune(after, self.options.snapshot_prefix, self.options.keep, {newest.guid})
         # `source` is a full listing: load_state's short one (the cache) only
         # goes with datasets every standby already holds, which never get here.
-        doomed += plan_prune_carried(after, source, self.options.snapshot_prefix, self.options.replicate_snapshots,
+        # The receiver destroys only those it marked when it received them,
+        # and a receiver from before carrying ignores the field.
+        carried = plan_prune_carried(after, source, self.options.snapshot_prefix, self.options.replicate_snapshots,
                                      {newest.guid})
         for v in kept_for_clones(after, self.options.snapshot_prefix, self.options.keep):
             if first_time(f"clone-origin-{self.peer}-{v.guid:016x}"):
                 logger.warning(f"{dst_ds}@{v.name} on {self.peer} is kept past `keep`: a kept divergence "
                                f"there was cloned from it; it goes when that copy is destroyed")
-        if held_last == [newest.name] and not doomed:
+        if held_last == [newest.name] and not doomed and not carried:
             return 0
         res = self.session.request("finish", dataset=dst_ds, hold=newest.name, held=newest.name in held_last,
                                    release=[n for n in held_last if n != newest.name],
-                                   destroy=[{"name": v.name, "guid": v.guid} for v in doomed], **self.fence)
+                                   destroy=[{"name": v.name, "guid": v.guid} for v in doomed],
+                                   destroy_carried=[{"name": v.name, "guid": v.guid} for v in carried], **self.fence)
         return int(res.get("destroyed", 0))

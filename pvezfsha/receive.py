@@ -34,12 +34,12 @@ from pvezfsha.cluster import Cluster
 from pvezfsha.config import Config, check_dataset_name
 from pvezfsha.errors import PvezfshaError, ZfsError
 from pvezfsha.log import logger
-from pvezfsha.planner import EMPTY_PLACEHOLDER_BYTES
+from pvezfsha.planner import EMPTY_PLACEHOLDER_BYTES, carried
 from pvezfsha.record_store import RecordStore
 from pvezfsha.replica import INERT
 from pvezfsha.state import Locked, dataset_lock
 from pvezfsha.transport import PROTOCOL, read_line, write_json
-from pvezfsha.versions import HOLD_LAST, KEYLOCATION
+from pvezfsha.versions import CARRIED_PROP, HOLD_LAST, KEYLOCATION
 
 def _rchar(tid: int) -> int | None:
     """Bytes the thread `tid` has read, the kernel's receive included."""
@@ -247,7 +247,7 @@ class Server:
         if keylocation and not (isinstance(keylocation, str) and KEYLOCATION.fullmatch(keylocation)):
             raise _bad(f"keylocation: {keylocation!r} is not a file:/// or https:// location without "
                        f"spaces, control characters or backslashes")
-        self._configured(req, ds)
+        ct = self.cfg.container(self._configured(req, ds))
         _uint(req, "epoch")
         self._lock(ds)
         self._fence(req, ds)
@@ -268,9 +268,22 @@ class Server:
         self._restore_props(ds, local)
         if not q.readonly or q.canmount != "noauto":
             zfscli.set_props(ds, INERT)
+        opts = ct.options
+        if carried(short, opts.snapshot_prefix, opts.replicate_snapshots):
+            self._mark_carried(snap)
         if raw and keylocation:
             self._adopt_keylocation(ds, keylocation)
         return {"guid": q.guids[short]}
+
+    @staticmethod
+    def _mark_carried(snap: str) -> None:
+        """Another tool's snapshot received here: mark it, so that it follows
+        the primary's pruning (versions.CARRIED_PROP). Unmarked, it is only
+        never pruned here: a warning, not a failed receive."""
+        try:
+            zfs.set_user_props(snap, {CARRIED_PROP: "received"})
+        except ZfsError as e:
+            logger.warning(f"{snap}: could not mark it as carried ({e}); pvezfsha will not prune it here")
 
     @staticmethod
     def _adopt_keylocation(ds: str, keylocation: str) -> None:
@@ -318,6 +331,11 @@ class Server:
         if hold is not None and not isinstance(hold, str):
             raise _bad(f"hold: {hold!r} is not a snapshot name")
         held = _flag(req, "held")
+        carried_doomed = req.get("destroy_carried", [])
+        if not isinstance(carried_doomed, list) or not all(isinstance(d, dict) and isinstance(d.get("name"), str)
+                                                            for d in carried_doomed):
+            raise _bad("destroy_carried: not a list of {name, guid}")
+        carried_doomed = {d["name"]: _uint(d, "guid") for d in carried_doomed}
         self._lock(ds)
         self._fence(req, ds)
         q = zfs.quick_state(ds, [*doomed, *([hold] if hold else [])])
@@ -330,7 +348,26 @@ class Server:
             zfs.release({f"{ds}@{n}": [HOLD_LAST] for n in release if n != hold})
         names = [f"{ds}@{n}" for n, g in doomed.items() if q.guids.get(n) == g and n != hold]
         zfs.destroy_snapshots(names)
-        return {"destroyed": len(names)}
+        return {"destroyed": len(names) + self._prune_carried(ds, carried_doomed, hold)}
+
+    @staticmethod
+    def _prune_carried(ds: str, doomed: dict[str, int], hold: str | None) -> int:
+        """Carried snapshots the primary no longer has, each checked by guid
+        and for our mark: one that was here before pvezfsha carried it is
+        this node's own history. In a call of their own: one that another
+        tool holds busy (a send from here) costs a warning, never the cycle."""
+        if not doomed:
+            return 0
+        facts = zfs.snapshot_props(ds, list(doomed), ["guid", CARRIED_PROP])
+        names = [f"{ds}@{n}" for n, g in doomed.items()
+                 if n != hold and facts.get(n, {}).get("guid") == g and facts[n].get(CARRIED_PROP) == "received"]
+        try:
+            zfs.destroy_snapshots(names)
+        except ZfsError as e:
+            logger.warning(f"{ds}: could not prune carried snapshots the primary no longer has: {e}; "
+                           f"the next cycle tries again")
+            return 0
+        return len(names)
 
     def op_abort_resume(self, req: dict) -> dict:
         ds = self._dataset(req)
@@ -351,9 +388,10 @@ class Server:
             prefix = config.check_snapshot_prefix(req.get("prefix"))
         except ValueError as e:
             raise _bad(f"prefix: {e}") from None
+        ct = self.cfg.container(self._configured(req, ds))
         self._lock(ds)
         self._fence(req, ds)
-        result = divergence.keep_diverged(ds, base_guid, prefix, self.node)
+        result = divergence.keep_diverged(ds, base_guid, prefix, self.node, carry=ct.options.replicate_snapshots)
         return {**result, "state": zfs.read_state(ds).to_dict()}
 
     def op_release(self, req: dict) -> dict:

@@ -295,8 +295,14 @@ def is_primary(cfg: Config, ctids: list[int], cluster: Cluster | None = None) ->
     cluster = cluster or Cluster()
     local = cluster.local_node()
     store = RecordStore(cluster.root)
+    selected = cfg.select(ctids)
+    if not cluster.is_quorate():
+        # A node cut off from the cluster still reads a record naming it,
+        # while the others may have moved the container on.
+        print(f"{local} has no quorum: not the primary of anything now")
+        return 1
     rc = 0
-    for ct in cfg.select(ctids):
+    for ct in selected:
         try:
             role = role_of(cluster, store, ct.ctid)
         except RecordError as e:

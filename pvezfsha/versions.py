@@ -168,6 +168,12 @@ def diverged_name(prefix: str, when: dt.datetime) -> str:
     return f"{prefix}-{DIVERGED}_{when.astimezone(dt.timezone.utc):%Y%m%dT%H%M%SZ}"
 
 
+# On a standby's copy of another tool's snapshot that pvezfsha received
+# (planner.carried): only such copies follow the primary's pruning. A
+# standby's own history (an old primary's sanoid snapshots, a seeded copy's)
+# is never pvezfsha's to destroy.
+CARRIED_PROP = "pvezfsha:carried"
+
 
 def step_hold(node: str) -> str:
     return f"{HOLD_STEP}-{node}"

@@ -398,24 +398,40 @@ def release(holds: dict[str, list[str]]) -> None:
         _call("release", lzc.lzc_release, {_b(k): [_b(t) for t in v] for k, v in holds.items()})
 
 
-_WRITTEN_PROGRAM = b"""
+_SNAPSHOT_PROPS_PROGRAM = b"""
 args = ...
 local ds = args["argv"][1]
+local n = tonumber(args["argv"][2])
 local out = {}
-for i = 2, #args["argv"] do
-  local snap = ds .. "@" .. args["argv"][i]
-  if zfs.exists(snap) then out[args["argv"][i]] = zfs.get_prop(snap, "written") end
+for i = 3 + n, #args["argv"] do
+  local short = args["argv"][i]
+  local snap = ds .. "@" .. short
+  if zfs.exists(snap) then
+    local e = {}
+    for k = 3, 2 + n do
+      local value = zfs.get_prop(snap, args["argv"][k])
+      if value ~= nil then e[args["argv"][k]] = value end
+    end
+    out[short] = e
+  end
 end
 return out
 """
 
 
-def snapshots_written(dataset: str, names: list[str]) -> dict[str, int]:
-    """Each snapshot's `written`: what was written between the snapshot
-    before it and it. A missing one is left out."""
-    res = _call(f"reading what snapshots of {dataset} hold", lzc.lzc_channel_program_nosync, _b(_pool(dataset)),
-                _WRITTEN_PROGRAM, params=[_b(dataset), *(_b(n) for n in names)])
-    return {_s(k): int(v) for k, v in (res or {}).items()}
+def snapshot_props(dataset: str, names: list[str], props: list[str]) -> dict[str, dict[str, object]]:
+    """Some properties of some snapshots of `dataset`, in one channel
+    program: {short name: {prop: value}}; a missing snapshot is left out,
+    an unset user property too. Numbers stay numbers (`written`: what was
+    written between the snapshot before it and it)."""
+    if not names:
+        return {}
+    res = _call(f"reading snapshots of {dataset}", lzc.lzc_channel_program_nosync, _b(_pool(dataset)),
+                _SNAPSHOT_PROPS_PROGRAM, params=[_b(dataset), _b(str(len(props))), *(_b(p) for p in props),
+                                                 *(_b(n) for n in names)])
+    return {_s(k): {_s(p): (v & _U64 if p in (b"guid", "guid") else v if isinstance(v, int) else _s(v))
+                    for p, v in (e or {}).items()}
+            for k, e in (res or {}).items()}
 
 
 def destroy_snapshots(names: list[str]) -> None:

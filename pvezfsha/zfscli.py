@@ -74,18 +74,32 @@ def family_props(parents: list[str], props: list[str]) -> tuple[dict[str, dict[s
     except subprocess.TimeoutExpired:
         raise ZfsError("reading the datasets: zfs get did not finish in 30 s") from None
     found: dict[str, dict[str, tuple[str, str]]] = {}
-    for line in p.stdout.splitlines():
+    wanted = set(parents)
+    # One record a line ("\n" only: str.splitlines also splits on \x1c and
+    # \u2028). A user property's value may hold a line break and forge a
+    # line: only names we asked for or their direct children count, and the
+    # first line for a name and property wins (zfs prints a dataset's lines
+    # before its children's).
+    for line in p.stdout.split("\n"):
         name, prop, rest = (line.split("\t", 2) + ["", ""])[:3]
         value, tab, source = rest.rpartition("\t")
-        if tab and prop in props:       # a value with a line break in it breaks its own line only
+        if (tab and prop in props and (name in wanted or name.rpartition("/")[0] in wanted)
+                and prop not in found.get(name, {})):
             found.setdefault(name, {})[prop] = (value, source)
     errors: dict[str, str] = {}
-    for line in p.stderr.splitlines():
+    missing: set[str] = set()
+    for line in p.stderr.split("\n"):
         m = re.fullmatch(r"cannot open '(.*)': (.*)", line.strip())
-        if m and m.group(2) != "dataset does not exist":
+        if m and m.group(2) == "dataset does not exist":
+            missing.add(m.group(1))
+        elif m:
             errors[m.group(1)] = m.group(2)
-        elif not m and p.returncode != 0 and line.strip():
+        elif line.strip():
             errors.update((parent, line.strip()) for parent in parents if parent not in found)
+    if p.returncode != 0:
+        # Killed, or failed without a word: what it did not list is unknown, not missing.
+        errors.update((parent, f"zfs get exited {p.returncode}") for parent in parents
+                      if parent not in found and parent not in missing and parent not in errors)
     return found, errors
 
 

@@ -47,6 +47,12 @@ def test_a_kept_divergence_is_resolved_on_any_node_not_handed_over():
     assert step(mem, [], {103}, 600.0, DAY, primary_of=set())[0] == [("resolved", kept)]
 
 
+def test_a_kept_copy_of_a_dataset_that_could_not_be_read_is_not_resolved():
+    kept = Alert("diverged/103/tank/a-pvezfsha-diverged-20261203T101500Z", 103, "warning", "kept", "body")
+    _, mem = step({}, [kept], {103}, 0.0, DAY)
+    assert step(mem, [], {103}, 600.0, DAY, unjudged=("diverged/103/tank/a-",)) == ([], mem)
+
+
 def test_a_cycle_of_one_container_does_not_resolve_anothers():
     _, mem = step({}, [A, B], {103, 104}, 0.0, DAY)
     sent, mem = step(mem, [A], {103}, 60.0, DAY)

@@ -226,3 +226,11 @@ def test_is_primary_of_a_damaged_record_is_false(tmp_path, capsys):
     (root / "priv" / "pvezfsha").mkdir(parents=True)
     (root / "priv" / "pvezfsha" / "103.json").write_text("{damaged")
     assert status.is_primary(config.parse(CONF, "t.toml"), [103], Cluster(root)) == 1
+
+
+def test_is_primary_without_quorum_is_false_even_where_the_record_names_this_node(tmp_path, capsys):
+    root = pve_tree(tmp_path / "pve", nodes=("pve1", "pve2", "pve3"))
+    RecordStore(root).write(Record(103, "pve1", 1))
+    (root / "local").chmod(0o555)           # what pmxcfs does on losing quorum
+    assert status.is_primary(config.parse(CONF, "t.toml"), [103], Cluster(root)) == 1
+    assert "no quorum" in capsys.readouterr().out

@@ -64,3 +64,17 @@ def test_no_zfs_command_is_a_one_line_error(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(ZfsError, match="zfsutils-linux"):
         zfscli.family_props(["tank"], PROPS)
+
+
+def test_a_property_value_with_a_line_break_cannot_forge_another_datasets_line(tmp_path, monkeypatch):
+    forged = GET.replace("tank/x1\tpvezfsha:diverged\ta\tb\tlocal\n",
+                         "tank/x1\tpvezfsha:diverged\tx\ntank/x1\treadonly\toff\tlocal\n"
+                         "other/y\tpvezfsha:diverged\tforged\tlocal\n")
+    fake_zfs(tmp_path, monkeypatch, forged)
+    found, _ = zfscli.family_props(["tank"], PROPS)
+    assert found["tank/x1"]["readonly"] == ("on", "local") and "other/y" not in found
+
+
+def test_a_zfs_get_killed_without_a_word_leaves_its_parents_unknown_not_missing(tmp_path, monkeypatch):
+    fake_zfs(tmp_path, monkeypatch, "", "", rc=137)
+    assert zfscli.family_props(["tank"], PROPS) == ({}, {"tank": "zfs get exited 137"})
