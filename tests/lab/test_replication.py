@@ -237,3 +237,29 @@ def test_a_standby_snapshot_with_data_of_its_own_is_still_kept(group):
     p = group.sync()
     assert "kept as" in p.stderr and len(group.kept("pve2")) == 1, p.stderr
     assert "./standby-only.txt" in checksums("pve2", group.kept("pve2")[0], sanoid(9))
+
+
+def test_sanoid_gated_by_is_primary_snapshots_the_primary_only_and_its_snapshots_follow(group):
+    # What sanoid-pvezfsha@.service runs (the guests have no systemd: its
+    # ExecCondition is the `&&`).
+    d = f"/etc/sanoid/pvezfsha-{group.ctid}"
+    conf = (f"[{group.ds}]\n\tuse_template = t\n[template_t]\n\thourly = 36\n\tdaily = 0\n\tmonthly = 0\n"
+            f"\tyearly = 0\n\tautosnap = yes\n\tautoprune = yes\n")
+    run = (f"pvezfsha is-primary {group.ctid} && sanoid --configdir={d} --cache-dir={d}/cache "
+           f"--run-dir={d}/run --take-snapshots --prune-snapshots")
+    try:
+        for node in group.nodes:
+            sh(node, f"mkdir -p {d}/cache {d}/run && cat > {d}/sanoid.conf", input=conf)
+        group.write("a.bin")
+        group.sync()
+        on_primary = sh("pve1", ["sh", "-c", run], env=group.env(), check=False)
+        on_standby = sh("pve2", ["sh", "-c", run], env=group.env(), check=False)
+        assert on_primary.returncode == 0 and autosnaps("pve1", group.ds), on_primary.stdout + on_primary.stderr
+        assert on_standby.returncode == 1 and "standby (primary is pve1)" in on_standby.stdout
+        assert not autosnaps("pve2", group.ds)
+        group.write("b.bin")
+        group.sync()
+        assert autosnaps("pve2", group.ds) == autosnaps("pve1", group.ds)
+    finally:
+        for node in group.nodes:
+            sh(node, ["rm", "-rf", d], check=False)
