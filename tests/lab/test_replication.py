@@ -263,3 +263,31 @@ def test_sanoid_gated_by_is_primary_snapshots_the_primary_only_and_its_snapshots
     finally:
         for node in group.nodes:
             sh(node, ["rm", "-rf", d], check=False)
+
+
+def test_a_standby_never_prunes_a_sanoid_snapshot_it_did_not_receive_from_pvezfsha(group):
+    # An old primary's own sanoid history after a move, or a hand-seeded
+    # copy's, carries no mark: it is not pvezfsha's to destroy.
+    group.write("a.bin")
+    group.sync()
+    sh("pve1", ["zfs", "snapshot", f"{group.ds}@{sanoid(1)}"])
+    group.write("b.bin")
+    group.sync()
+    mine = f"{group.ds}@{sanoid(1)}"
+    assert zfs_get("pve2", "pvezfsha:carried", mine) == "received"
+    sh("pve2", ["zfs", "inherit", "pvezfsha:carried", mine])        # as if pve2 had taken it itself
+    sh("pve1", ["zfs", "destroy", mine])                              # sanoid prunes it on the primary
+    group.write("c.bin")
+    group.sync()
+    assert sanoid(1) in autosnaps("pve2", group.ds)
+
+
+def test_an_admins_snapshot_on_the_standby_is_kept_as_divergence_even_when_empty(group):
+    group.write("a.bin")
+    group.sync()
+    sh("pve2", ["zfs", "snapshot", f"{group.ds}@before-upgrade"])
+    group.write("b.bin")
+    p = group.sync()
+    kept = group.kept("pve2")
+    assert "kept as" in p.stderr and len(kept) == 1, p.stderr
+    assert any(n.endswith("@before-upgrade") for n, _ in snapshots("pve2", kept[0]))
