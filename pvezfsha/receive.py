@@ -39,7 +39,7 @@ from pvezfsha.record_store import RecordStore
 from pvezfsha.replica import INERT
 from pvezfsha.state import Locked, dataset_lock
 from pvezfsha.transport import PROTOCOL, read_line, write_json
-from pvezfsha.versions import CARRIED_PROP, HOLD_LAST, KEYLOCATION
+from pvezfsha.versions import CARRIED_PROP, HOLD_LAST, KEYLOCATION, is_replication_snapshot
 
 def _rchar(tid: int) -> int | None:
     """Bytes the thread `tid` has read, the kernel's receive included."""
@@ -265,12 +265,12 @@ class Server:
         if q.guids.get(short) != guid:
             raise ZfsError(f"{snap}: received snapshot has guid {q.guids.get(short)}, expected {guid}",
                            kind="GuidMismatch")
+        opts = ct.options
+        if carried(short, opts.snapshot_prefix, opts.replicate_snapshots):
+            self._mark_carried(snap)        # first: nothing after the receive may leave it unmarked
         self._restore_props(ds, local)
         if not q.readonly or q.canmount != "noauto":
             zfscli.set_props(ds, INERT)
-        opts = ct.options
-        if carried(short, opts.snapshot_prefix, opts.replicate_snapshots):
-            self._mark_carried(snap)
         if raw and keylocation:
             self._adopt_keylocation(ds, keylocation)
         return {"guid": q.guids[short]}
@@ -319,7 +319,7 @@ class Server:
         """After a dataset's steps: move the last-received hold to `hold`,
         and prune the snapshots named by the sender, each checked by guid."""
         ds = self._dataset(req)
-        self._configured(req, ds)
+        ct = self.cfg.container(self._configured(req, ds))
         _uint(req, "epoch")
         destroy, release, hold = req.get("destroy", []), req.get("release", []), req.get("hold")
         if not isinstance(destroy, list) or not all(isinstance(d, dict) and isinstance(d.get("name"), str)
@@ -346,7 +346,10 @@ class Server:
                 # Take the new hold before dropping the old ones.
                 zfs.hold({f"{ds}@{hold}": HOLD_LAST})
             zfs.release({f"{ds}@{n}": [HOLD_LAST] for n in release if n != hold})
-        names = [f"{ds}@{n}" for n, g in doomed.items() if q.guids.get(n) == g and n != hold]
+        # Only ours, whatever a sender asks: another tool's snapshot goes
+        # through _prune_carried's checks, and any other name is not ours.
+        names = [f"{ds}@{n}" for n, g in doomed.items() if q.guids.get(n) == g and n != hold
+                 and is_replication_snapshot(n, ct.options.snapshot_prefix)]
         zfs.destroy_snapshots(names)
         return {"destroyed": len(names) + self._prune_carried(ds, carried_doomed, hold)}
 
@@ -358,10 +361,10 @@ class Server:
         tool holds busy (a send from here) costs a warning, never the cycle."""
         if not doomed:
             return 0
-        facts = zfs.snapshot_props(ds, list(doomed), ["guid", CARRIED_PROP])
-        names = [f"{ds}@{n}" for n, g in doomed.items()
-                 if n != hold and facts.get(n, {}).get("guid") == g and facts[n].get(CARRIED_PROP) == "received"]
         try:
+            facts = zfs.snapshot_props(ds, list(doomed), ["guid", CARRIED_PROP])
+            names = [f"{ds}@{n}" for n, g in doomed.items()
+                     if n != hold and facts.get(n, {}).get("guid") == g and facts[n].get(CARRIED_PROP) == "received"]
             zfs.destroy_snapshots(names)
         except ZfsError as e:
             logger.warning(f"{ds}: could not prune carried snapshots the primary no longer has: {e}; "

@@ -409,8 +409,11 @@ for i = 3 + n, #args["argv"] do
   if zfs.exists(snap) then
     local e = {}
     for k = 3, 2 + n do
-      local value = zfs.get_prop(snap, args["argv"][k])
-      if value ~= nil then e[args["argv"][k]] = value end
+      local prop = args["argv"][k]
+      local value, source = zfs.get_prop(snap, prop)
+      -- A user property is the snapshot's own only where it is set on it:
+      -- one set on its dataset reads here too, with the dataset as source.
+      if value ~= nil and (not string.find(prop, ":", 1, true) or source == snap) then e[prop] = value end
     end
     out[short] = e
   end
@@ -422,7 +425,7 @@ return out
 def snapshot_props(dataset: str, names: list[str], props: list[str]) -> dict[str, dict[str, object]]:
     """Some properties of some snapshots of `dataset`, in one channel
     program: {short name: {prop: value}}; a missing snapshot is left out,
-    an unset user property too. Numbers stay numbers (`written`: what was
+    a user property not set on the snapshot itself too (not an inherited one). Numbers stay numbers (`written`: what was
     written between the snapshot before it and it)."""
     if not names:
         return {}

@@ -95,7 +95,7 @@ def family_props(parents: list[str], props: list[str]) -> tuple[dict[str, dict[s
         elif m:
             errors[m.group(1)] = m.group(2)
         elif line.strip():
-            errors.update((parent, line.strip()) for parent in parents if parent not in found)
+            errors.update((parent, line.strip()) for parent in parents if parent not in found and parent not in missing)
     if p.returncode != 0:
         # Killed, or failed without a word: what it did not list is unknown, not missing.
         errors.update((parent, f"zfs get exited {p.returncode}") for parent in parents

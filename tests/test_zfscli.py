@@ -78,3 +78,9 @@ def test_a_property_value_with_a_line_break_cannot_forge_another_datasets_line(t
 def test_a_zfs_get_killed_without_a_word_leaves_its_parents_unknown_not_missing(tmp_path, monkeypatch):
     fake_zfs(tmp_path, monkeypatch, "", "", rc=137)
     assert zfscli.family_props(["tank"], PROPS) == ({}, {"tank": "zfs get exited 137"})
+
+
+def test_a_missing_parent_stays_missing_when_zfs_also_says_something_else(tmp_path, monkeypatch):
+    fake_zfs(tmp_path, monkeypatch, GET, "cannot open 'nope': dataset does not exist\nsomething odd\n", rc=1)
+    found, errors = zfscli.family_props(["tank", "nope"], PROPS)
+    assert "nope" not in errors and "tank/x1" in found

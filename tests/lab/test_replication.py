@@ -276,6 +276,9 @@ def test_a_standby_never_prunes_a_sanoid_snapshot_it_did_not_receive_from_pvezfs
     mine = f"{group.ds}@{sanoid(1)}"
     assert zfs_get("pve2", "pvezfsha:carried", mine) == "received"
     sh("pve2", ["zfs", "inherit", "pvezfsha:carried", mine])        # as if pve2 had taken it itself
+    # A mark on the dataset (an admin, a `zfs send -p` seed) is inherited by
+    # every snapshot, but says nothing of this one.
+    sh("pve2", ["zfs", "set", "pvezfsha:carried=received", group.ds])
     sh("pve1", ["zfs", "destroy", mine])                              # sanoid prunes it on the primary
     group.write("c.bin")
     group.sync()
