@@ -41,6 +41,14 @@ from pvezfsha.state import Locked, dataset_lock
 from pvezfsha.transport import PROTOCOL, read_line, write_json
 from pvezfsha.versions import CARRIED_PROP, HOLD_LAST, KEYLOCATION, is_replication_snapshot
 
+def _named_guids(req: dict, key: str) -> dict[str, int]:
+    """A request's list of {name, guid} (absent: none) as {name: guid}."""
+    items = req.get(key, [])
+    if not isinstance(items, list) or not all(isinstance(d, dict) and isinstance(d.get("name"), str) for d in items):
+        raise _bad(f"{key}: not a list of {{name, guid}}")
+    return {d["name"]: _uint(d, "guid") for d in items}
+
+
 def _rchar(tid: int) -> int | None:
     """Bytes the thread `tid` has read, the kernel's receive included."""
     try:
@@ -321,21 +329,14 @@ class Server:
         ds = self._dataset(req)
         ct = self.cfg.container(self._configured(req, ds))
         _uint(req, "epoch")
-        destroy, release, hold = req.get("destroy", []), req.get("release", []), req.get("hold")
-        if not isinstance(destroy, list) or not all(isinstance(d, dict) and isinstance(d.get("name"), str)
-                                                    for d in destroy):
-            raise _bad("destroy: not a list of {name, guid}")
-        doomed = {d["name"]: _uint(d, "guid") for d in destroy}
+        release, hold = req.get("release", []), req.get("hold")
+        doomed = _named_guids(req, "destroy")
         if not isinstance(release, list) or not all(isinstance(n, str) for n in release):
             raise _bad("release: not a list of snapshot names")
         if hold is not None and not isinstance(hold, str):
             raise _bad(f"hold: {hold!r} is not a snapshot name")
         held = _flag(req, "held")
-        carried_doomed = req.get("destroy_carried", [])
-        if not isinstance(carried_doomed, list) or not all(isinstance(d, dict) and isinstance(d.get("name"), str)
-                                                            for d in carried_doomed):
-            raise _bad("destroy_carried: not a list of {name, guid}")
-        carried_doomed = {d["name"]: _uint(d, "guid") for d in carried_doomed}
+        carried_doomed = _named_guids(req, "destroy_carried")
         self._lock(ds)
         self._fence(req, ds)
         q = zfs.quick_state(ds, [*doomed, *([hold] if hold else [])])
@@ -384,14 +385,13 @@ class Server:
 
     def op_keep_diverged(self, req: dict) -> dict:
         ds = self._dataset(req)
-        self._configured(req, ds)
+        ct = self.cfg.container(self._configured(req, ds))
         _uint(req, "epoch")
         base_guid = _uint(req, "base_guid")
         try:
             prefix = config.check_snapshot_prefix(req.get("prefix"))
         except ValueError as e:
             raise _bad(f"prefix: {e}") from None
-        ct = self.cfg.container(self._configured(req, ds))
         self._lock(ds)
         self._fence(req, ds)
         result = divergence.keep_diverged(ds, base_guid, prefix, self.node, carry=ct.options.replicate_snapshots)
